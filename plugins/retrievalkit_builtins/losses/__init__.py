@@ -1,0 +1,1 @@
+"""Built-in losses (one module per component)."""

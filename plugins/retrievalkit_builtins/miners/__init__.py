@@ -1,0 +1,1 @@
+"""Built-in miners (one module per component)."""

@@ -1,0 +1,1 @@
+"""Built-in poolings (one module per component)."""

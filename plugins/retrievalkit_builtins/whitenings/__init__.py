@@ -1,0 +1,1 @@
+"""Built-in whitenings (one module per component)."""

@@ -1,0 +1,83 @@
+"""The ``rkit`` command line: a thin layer over the public API.
+
+Each command lives in its own module of this package (``retrievalkit.cli.extract`` ...), loaded
+only when it is run so ``rkit --help`` stays fast. User-facing errors (:class:`RkitError`) are
+printed without a traceback and exit with status 2; Ctrl-C exits with status 130 after the
+command has saved what it can.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from ..errors import RkitError
+
+#: command name -> (module, attribute, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "plugins": ("retrievalkit.cli.plugins", "command", "List installed components and where they come from."),
+    "extract": ("retrievalkit.cli.extract", "command", "Extract global descriptors of images."),
+    "search": ("retrievalkit.cli.search", "command", "Search a descriptors file with faiss."),
+    "eval": ("retrievalkit.cli.evaluate", "command", "Evaluate retrieval (mAP) on a dataset."),
+    "whiten": ("retrievalkit.cli.whiten", "group", "Learn and apply whitening (PCA, learned Lw)."),
+    "sfm": ("retrievalkit.cli.sfm", "command", "Structure-from-Motion on photos -> training database."),
+    "data": ("retrievalkit.cli.data", "group", "Datasets: generate the synthetic set, download benchmarks."),
+    "train": ("retrievalkit.cli.train", "command", "Fine-tune a model on an SfM training database."),
+    "ablate": ("retrievalkit.cli.ablate", "command", "Run a grid of component/option ablations."),
+    "report": ("retrievalkit.cli.report", "command", "Write an HTML report of an evaluation or ablation."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self._available(name)]
+
+    @staticmethod
+    def _available(name: str) -> bool:
+        module = COMMANDS[name][0]
+        return importlib.util.find_spec(module) is not None
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS or not self._available(name):
+            return None
+        module_name, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="retrievalkit")
+def cli() -> None:
+    """retrievalkit: instance-level image retrieval from plugins.
+
+    Components (backbones, poolings, whitenings, miners, losses) are chosen by name, with
+    options written NAME:OPTION=VALUE[:OPTION=VALUE], e.g. --pooling spoc:center_prior=false.
+    """
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point: run the CLI, turning user errors into clear messages."""
+    try:
+        return cli.main(args=argv, prog_name="rkit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("Interrupted: finished outputs were kept; re-run the same command to resume.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except RkitError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,87 @@
+"""The five hook specifications: one per kind of component.
+
+A plugin is a module (or object) with functions marked ``@retrievalkit.hookimpl`` whose names are
+the hooks below. Each hook returns a list of :class:`retrievalkit.Component`; the core calls every
+plugin's implementation, checks that no two plugins offer the same name for the same kind, and
+builds a component only when the user asks for it by name. A hook implementation whose name
+matches none of these specifications is an error when the plugins are loaded.
+
+What each component's factory must return is written on its hook below. Miners and losses
+exchange plain index tuples (see :mod:`retrievalkit.tuples`), so any miner works with any loss.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from .components import Component
+
+PROJECT = "retrievalkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def rkit_backbones() -> list[Component]:
+    """Backbones: the convolutional part of a CNN, image batch -> feature map.
+
+    The factory takes ``weights: str`` (``imagenet``, ``none`` or a path to a local state
+    dict) and returns a ``torch.nn.Module`` that maps a normalised batch ``(B, 3, H, W)`` to
+    activations ``(B, K, h, w)`` and has the attributes ``out_channels: int`` (K),
+    ``mean`` and ``std`` (3-tuples: the input normalisation it was trained with, applied by
+    :class:`retrievalkit.model.RetrievalModel` to images in [0, 1]).
+    """
+
+
+@hookspec
+def rkit_poolings() -> list[Component]:
+    """Poolings: feature map ``(B, K, H, W)`` -> global descriptor ``(B, K)``.
+
+    The factory returns a ``torch.nn.Module``. It must *not* L2-normalise: the model does that
+    once for every pooling (SPEC section 1). A pooling with a generalised-mean exponent exposes it
+    as the attribute ``p`` so multi-scale extraction can combine scales with the same mean.
+    """
+
+
+@hookspec
+def rkit_whitenings() -> list[Component]:
+    """Whitenings: learn a linear projection of descriptors (SPEC section 2).
+
+    The factory takes ``dim: int | None`` (output dimension; ``None`` keeps all) and method
+    options, and returns an object with ``fit(data: retrievalkit.whitening.WhiteningData) ->
+    retrievalkit.whitening.FittedWhitening`` and ``needs: str`` (``descriptors``, ``pairs`` or
+    ``labels``: the supervision it requires, so the CLI can say what is missing).
+    """
+
+
+@hookspec
+def rkit_miners() -> list[Component]:
+    """Miners: choose training tuples from a training database (SPEC section 4).
+
+    The factory returns an object with ``role`` (``"positive"`` or ``"negative"``),
+    ``needs_descriptors: bool`` (whether the trainer must extract the pool's descriptors with
+    the current network before mining) and ``mine(...)``; see :mod:`retrievalkit.mining` for
+    the exact signatures. Results are plain integer indices of database images.
+    """
+
+
+@hookspec
+def rkit_losses() -> list[Component]:
+    """Losses on tuples (SPEC section 3).
+
+    The factory returns a ``torch.nn.Module`` called as ``loss(embeddings, tuples)`` with
+    ``embeddings`` ``(M, D)`` L2-normalised descriptors and ``tuples`` a ``LongTensor``
+    ``(T, 2 + N)`` whose rows are ``(query, positive, negative_1 .. negative_N)`` row indices
+    into ``embeddings``; it returns a scalar (the sum over tuples, SPEC section 3).
+    """
+
+
+#: Hook name for each component kind.
+HOOK_FOR_KIND: dict[str, str] = {
+    "backbone": "rkit_backbones",
+    "pooling": "rkit_poolings",
+    "whitening": "rkit_whitenings",
+    "miner": "rkit_miners",
+    "loss": "rkit_losses",
+}

@@ -1,0 +1,131 @@
+"""The global descriptor network: backbone + pooling + L2 + (optional) whitening + L2.
+
+SPEC section 1: image -> backbone (convolutional part) -> feature map -> pooling -> L2-normalise
+-> optional whitening (a linear layer, weight P and bias -P m) -> L2-normalise. The model takes
+images with values in [0, 1] and applies the backbone's own input normalisation itself, so no
+caller needs to know which normalisation a backbone wants.
+
+A model is saved as a directory (``rkit train`` output, ``--model DIR``)::
+
+    model.json   the component specs (backbone, pooling) and the whitening's shape
+    weights.pt   the state dict (backbone, pooling parameters such as GeM's p, whitening)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .atomic import atomic_path, write_text_atomic
+from .components import ComponentSpec
+from .errors import RkitError
+from .plugins import PluginHost, get_host
+
+MODEL_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """What a model is made of, as the user wrote it (``NAME[:KEY=VALUE...]``)."""
+
+    backbone: str = "efficientnet-lite0"
+    pooling: str = "gem"
+    weights: str = "imagenet"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class RetrievalModel(nn.Module):
+    """Backbone, pooling and optional whitening; ``forward`` returns L2-normalised descriptors."""
+
+    def __init__(self, backbone: nn.Module, pooling: nn.Module, config: ModelConfig | None = None,
+                 whitening: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.whitening = whitening
+        self.config = config or ModelConfig()
+        self.register_buffer("input_mean", torch.tensor(backbone.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("input_std", torch.tensor(backbone.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    @property
+    def out_dim(self) -> int:
+        """Dimension of the descriptors ``forward`` returns."""
+        return self.whitening.out_features if self.whitening is not None else int(self.backbone.out_channels)
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone activations for images in [0, 1], shape ``(B, 3, H, W)``."""
+        return self.backbone((images - self.input_mean) / self.input_std)
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised pooled descriptors, before whitening."""
+        return F.normalize(self.pooling(self.feature_map(images)), p=2, dim=-1)
+
+    def whiten(self, descriptors: torch.Tensor) -> torch.Tensor:
+        """Apply the whitening layer (if any) and re-normalise."""
+        if self.whitening is None:
+            return descriptors
+        return F.normalize(self.whitening(descriptors), p=2, dim=-1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.whiten(self.pooled(images))
+
+    def set_whitening(self, layer: nn.Linear | None) -> None:
+        """Attach (or remove, with ``None``) a whitening layer."""
+        if layer is not None:
+            layer = layer.to(self.input_mean.device)
+        self.whitening = layer
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``model.json`` and ``weights.pt`` into ``directory`` (atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": MODEL_FORMAT_VERSION,
+            **self.config.to_dict(),
+            "whitening": None if self.whitening is None else
+            {"in_features": self.whitening.in_features, "out_features": self.whitening.out_features},
+            **(extra or {}),
+        }
+        with atomic_path(directory / "weights.pt") as tmp:
+            torch.save(self.state_dict(), tmp)
+        write_text_atomic(directory / "model.json", json.dumps(meta, indent=2) + "\n")
+        return directory
+
+
+def build_model(config: ModelConfig, host: PluginHost | None = None) -> RetrievalModel:
+    """Build a model from component specs through the plugin host."""
+    host = host or get_host()
+    backbone = host.build("backbone", ComponentSpec.parse(config.backbone).with_options(weights=config.weights))
+    pooling = host.build("pooling", config.pooling)
+    return RetrievalModel(backbone, pooling, config)
+
+
+def load_model(directory: str | Path, host: PluginHost | None = None,
+               map_location: str | torch.device = "cpu") -> RetrievalModel:
+    """Load a model saved by :meth:`RetrievalModel.save` (e.g. the output of ``rkit train``)."""
+    directory = Path(directory)
+    meta_path, weights_path = directory / "model.json", directory / "weights.pt"
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise RkitError(
+            f"{directory} is not a saved model: it needs model.json and weights.pt "
+            f"(the output directory of `rkit train`, or RetrievalModel.save)"
+        )
+    meta = json.loads(meta_path.read_text())
+    config = ModelConfig(backbone=meta["backbone"], pooling=meta["pooling"], weights="none")
+    model = build_model(config, host)
+    model.config.weights = meta.get("weights", "none")
+    if meta.get("whitening"):
+        shape = meta["whitening"]
+        model.set_whitening(nn.Linear(shape["in_features"], shape["out_features"]))
+    state = torch.load(weights_path, map_location=map_location, weights_only=True)
+    model.load_state_dict(state)
+    return model
