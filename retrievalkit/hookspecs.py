@@ -61,8 +61,19 @@ def rkit_miners() -> list[Component]:
 
     The factory returns an object with ``role`` (``"positive"`` or ``"negative"``),
     ``needs_descriptors: bool`` (whether the trainer must extract the pool's descriptors with
-    the current network before mining) and ``mine(...)``; see :mod:`retrievalkit.mining` for
-    the exact signatures. Results are plain integer indices of database images.
+    the current network before mining), ``needs_points: bool`` (whether it reads the 3D points)
+    and a ``mine`` method (protocols ``PositiveMiner`` / ``NegativeMiner`` in
+    :mod:`retrievalkit.mining`)::
+
+        positive: mine(queries (Q,), db, descriptors (len(db), D) | None, rng) -> (Q,)
+                  one positive per query, -1 where the query has none
+        negative: mine(queries (Q,), db, descriptors | None, num_negatives, rng, pool=None)
+                  -> (Q, num_negatives), never from the query's 3D model
+
+    ``db`` is a :class:`retrievalkit.trainingdb.TrainingDatabase`, ``rng`` a
+    ``numpy.random.Generator`` (the miner's only source of randomness). Results are plain
+    integer indices of database images, joined into (q, p, n_1 .. n_N) tuples by
+    :func:`retrievalkit.tuples.assemble_tuples`.
     """
 
 

@@ -13,19 +13,73 @@ the miners need are computed here, and only here:
 A database imported from a retrieval-SfM ``db.pkl`` has clusters but no 3D points:
 ``has_points`` is then False and miners that need points say so.
 
-Persistence (``save``/``load``) and building from a reconstruction live in
-:mod:`retrievalkit.sfm`; this module is the in-memory reader API.
+The per-pair quantities of every pair of images inside a model that share points can be
+precomputed once (:meth:`TrainingDatabase.compute_pair_statistics`, done by ``rkit sfm``) and
+are then read from that cache instead of being recomputed; the formulas stay here either way.
+
+Persistence: :meth:`TrainingDatabase.save` writes a directory readable with numpy and json
+only (format described in ``docs/sfm.md``, version :data:`FORMAT_VERSION`);
+:func:`load_database` reads it. Building from a reconstruction lives in
+:mod:`retrievalkit.sfm`, importing a retrieval-SfM ``db.pkl`` in :mod:`retrievalkit.dbpkl`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path, write_text_atomic
 from .errors import RkitError
+
+#: Version of the on-disk format written by :meth:`TrainingDatabase.save`.
+FORMAT_VERSION = 1
+#: File names inside a saved database directory.
+JSON_NAME = "trainingdb.json"
+ARRAYS_NAME = "trainingdb.npz"
+
+
+@dataclasses.dataclass
+class PairStatistics:
+    """Cached pair quantities for the pairs ``(a, b)``, ``a < b``, of a model that share points.
+
+    ``overlap_ab`` = |P(a) n P(b)| / |P(a)|, ``overlap_ba`` = |P(a) n P(b)| / |P(b)|;
+    ``scale`` is symmetric. Pairs absent from the cache share no point.
+    """
+
+    pairs: np.ndarray
+    shared: np.ndarray
+    overlap_ab: np.ndarray
+    overlap_ba: np.ndarray
+    scale: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
+        self.shared = np.asarray(self.shared, dtype=np.int64)
+        self.overlap_ab = np.asarray(self.overlap_ab, dtype=np.float64)
+        self.overlap_ba = np.asarray(self.overlap_ba, dtype=np.float64)
+        self.scale = np.asarray(self.scale, dtype=np.float64)
+        self._index: dict[tuple[int, int], int] | None = None
+
+    def __len__(self) -> int:
+        return int(len(self.pairs))
+
+    def find(self, q: int, i: int) -> int | None:
+        """Row of the pair {q, i}, or None when the two images share no point."""
+        if self._index is None:
+            self._index = {(int(a), int(b)): k for k, (a, b) in enumerate(self.pairs)}
+        return self._index.get((q, i) if q < i else (i, q))
+
+    def partners(self, n_images: int) -> list[np.ndarray]:
+        """For every image, the sorted images it shares points with."""
+        out: list[list[int]] = [[] for _ in range(n_images)]
+        for a, b in self.pairs:
+            out[int(a)].append(int(b))
+            out[int(b)].append(int(a))
+        return [np.asarray(sorted(p), dtype=np.int64) for p in out]
 
 
 @dataclasses.dataclass
@@ -40,6 +94,10 @@ class TrainingDatabase:
     focals: np.ndarray | None = None
     root: Path | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Known (query, positive) image index pairs, e.g. the qidxs/pidxs of an imported db.pkl.
+    positive_pairs: np.ndarray | None = None
+    #: Precomputed pair quantities (see :meth:`compute_pair_statistics`), or None.
+    pair_cache: PairStatistics | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -57,7 +115,12 @@ class TrainingDatabase:
                 if len(p) != len(d):
                     raise ValueError(f"image {i}: {len(p)} point ids but {len(d)} depths "
                                      "(give depths in the order of the sorted, unique point ids)")
+        if self.positive_pairs is not None:
+            self.positive_pairs = np.asarray(self.positive_pairs, dtype=np.int64).reshape(-1, 2)
+        if self.root is not None:
+            self.root = Path(self.root)
         self._members: dict[int, np.ndarray] = {}
+        self._partners: list[np.ndarray] | None = None
 
     # -- basic facts ---------------------------------------------------------------------
     def __len__(self) -> int:
@@ -93,18 +156,29 @@ class TrainingDatabase:
 
     # -- pair quantities (SPEC section 4) ------------------------------------------------
     def shared_point_ids(self, q: int, i: int) -> np.ndarray:
+        """The ids of the 3D points both q and i observe (sorted)."""
         self.require_points("shared points")
         assert self.point_ids is not None
         return np.intersect1d(self.point_ids[q], self.point_ids[i], assume_unique=True)
 
     def shared_points(self, q: int, i: int) -> int:
         """|P(q) n P(i)|."""
+        self.require_points("shared points")
+        if self.pair_cache is not None:
+            row = self.pair_cache.find(q, i)
+            return 0 if row is None else int(self.pair_cache.shared[row])
         return int(len(self.shared_point_ids(q, i)))
 
     def overlap(self, q: int, i: int) -> float:
         """|P(q) n P(i)| / |P(q)| (0 when q observes no points)."""
+        self.require_points("overlap")
         assert self.point_ids is not None
-        total = len(self.point_ids[q]) if self.has_points else 0
+        if self.pair_cache is not None:
+            row = self.pair_cache.find(q, i)
+            if row is None:
+                return 0.0
+            return float(self.pair_cache.overlap_ab[row] if q < i else self.pair_cache.overlap_ba[row])
+        total = len(self.point_ids[q])
         return self.shared_points(q, i) / total if total else 0.0
 
     def _apparent_size(self, j: int, shared: np.ndarray) -> float:
@@ -113,6 +187,13 @@ class TrainingDatabase:
         depth = float(np.median(self.point_depths[j][where]))
         return float(self.focals[j]) / depth
 
+    def _scale_from_shared(self, q: int, i: int, shared: np.ndarray) -> float:
+        """The scale-change formula, given the shared point ids (the only copy of it)."""
+        if self.point_depths is None or self.focals is None or len(shared) == 0:
+            return float("inf")
+        s_q, s_i = self._apparent_size(q, shared), self._apparent_size(i, shared)
+        return max(s_q / s_i, s_i / s_q)
+
     def scale_change(self, q: int, i: int) -> float:
         """max(s_q / s_i, s_i / s_q), s_j = focal_j / median depth of the shared points in j.
 
@@ -120,11 +201,10 @@ class TrainingDatabase:
         """
         if self.point_depths is None or self.focals is None:
             return float("inf")
-        shared = self.shared_point_ids(q, i)
-        if len(shared) == 0:
-            return float("inf")
-        s_q, s_i = self._apparent_size(q, shared), self._apparent_size(i, shared)
-        return max(s_q / s_i, s_i / s_q)
+        if self.pair_cache is not None:
+            row = self.pair_cache.find(q, i)
+            return float("inf") if row is None else float(self.pair_cache.scale[row])
+        return self._scale_from_shared(q, i, self.shared_point_ids(q, i))
 
     def co_observing(self, q: int) -> np.ndarray:
         """M(q): the other images of q's model sharing at least one 3D point with q.
@@ -135,4 +215,193 @@ class TrainingDatabase:
         others = members[members != q]
         if not self.has_points:
             return others
+        if self.pair_cache is not None:
+            if self._partners is None:
+                self._partners = self.pair_cache.partners(len(self))
+            partners = self._partners[q]
+            return partners[self.clusters[partners] == self.clusters[q]]
         return np.asarray([i for i in others if self.shared_points(q, int(i)) > 0], dtype=np.int64)
+
+    # -- pair statistics cache -----------------------------------------------------------
+    def compute_pair_statistics(self, progress: bool = False) -> PairStatistics:
+        """Compute shared points, overlap (both ways) and scale change of every pair of images
+        of the same model that share at least one point, with the formulas above.
+
+        Candidate pairs come from a sparse image x point incidence product, so only pairs that
+        share points are visited. Returns the cache; :meth:`use_pair_statistics` installs it.
+        """
+        from scipy import sparse
+
+        self.require_points("pair statistics")
+        assert self.point_ids is not None
+        rows = np.repeat(np.arange(len(self)), [len(p) for p in self.point_ids])
+        cols_raw = np.concatenate(self.point_ids) if len(self) else np.zeros(0, np.int64)
+        _, cols = np.unique(cols_raw, return_inverse=True)
+        incidence = sparse.csr_matrix((np.ones(len(rows), np.int32), (rows, cols.ravel())),
+                                      shape=(len(self), int(cols.max()) + 1 if len(cols) else 0))
+        counts = sparse.triu(incidence @ incidence.T, k=1).tocoo()
+        same_model = self.clusters[counts.row] == self.clusters[counts.col]
+        order = np.lexsort((counts.col[same_model], counts.row[same_model]))
+        pair_a = counts.row[same_model][order].astype(np.int64)
+        pair_b = counts.col[same_model][order].astype(np.int64)
+        shared_n = np.zeros(len(pair_a), np.int64)
+        ov_ab = np.zeros(len(pair_a))
+        ov_ba = np.zeros(len(pair_a))
+        scale = np.zeros(len(pair_a))
+        iterator: Any = range(len(pair_a))
+        if progress:
+            from tqdm import tqdm
+            iterator = tqdm(iterator, desc="pair statistics", unit="pair")
+        for k in iterator:
+            a, b = int(pair_a[k]), int(pair_b[k])
+            shared = self.shared_point_ids(a, b)
+            shared_n[k] = len(shared)
+            ov_ab[k] = len(shared) / len(self.point_ids[a])
+            ov_ba[k] = len(shared) / len(self.point_ids[b])
+            scale[k] = self._scale_from_shared(a, b, shared)
+        return PairStatistics(np.stack([pair_a, pair_b], axis=1), shared_n, ov_ab, ov_ba, scale)
+
+    def use_pair_statistics(self, cache: PairStatistics | None = None) -> PairStatistics:
+        """Install ``cache`` (computed now if not given) as the source of the pair quantities."""
+        self.pair_cache = None
+        self._partners = None
+        self.pair_cache = cache if cache is not None else self.compute_pair_statistics()
+        return self.pair_cache
+
+    # -- summary ---------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Counts for ``rkit sfm --stats``: images, models and their sizes, points, pairs."""
+        sizes = {int(c): int(n) for c, n in zip(*np.unique(self.clusters, return_counts=True))}
+        out: dict[str, Any] = {
+            "images": len(self),
+            "models": self.num_clusters,
+            "model_sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
+            "has_points": self.has_points,
+            "source": self.meta.get("source", "unknown"),
+        }
+        if self.has_points:
+            assert self.point_ids is not None
+            per_image = np.asarray([len(p) for p in self.point_ids])
+            out["points"] = int(len(np.unique(np.concatenate(self.point_ids)))) if len(self) else 0
+            out["points_per_image_median"] = float(np.median(per_image)) if len(self) else 0.0
+            if self.pair_cache is not None:
+                cache = self.pair_cache
+                out["co_observing_pairs"] = len(cache)
+                if len(cache):
+                    out["overlap_median"] = float(np.median(np.r_[cache.overlap_ab, cache.overlap_ba]))
+                    out["scale_change_median"] = float(np.median(cache.scale))
+                    out["pairs_m3_eligible"] = int(
+                        ((cache.overlap_ab >= 0.2) & (cache.scale <= 1.5)).sum()
+                        + ((cache.overlap_ba >= 0.2) & (cache.scale <= 1.5)).sum())
+        if self.positive_pairs is not None:
+            out["positive_pairs"] = int(len(self.positive_pairs))
+        unregistered = self.meta.get("unregistered")
+        if unregistered is not None:
+            out["unregistered_images"] = len(unregistered)
+        return out
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the database to ``directory`` (``trainingdb.json`` + ``trainingdb.npz``).
+
+        The arrays are written first and the JSON last, each atomically, so a directory with
+        a JSON file always holds a complete database. Format: ``docs/sfm.md``.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"clusters": self.clusters}
+        if self.point_ids is not None:
+            arrays["point_offsets"] = np.cumsum([0] + [len(p) for p in self.point_ids]).astype(np.int64)
+            arrays["point_ids"] = (np.concatenate(self.point_ids).astype(np.int64) if len(self)
+                                   else np.zeros(0, np.int64))
+            if self.point_depths is not None:
+                arrays["point_depths"] = (np.concatenate(self.point_depths).astype(np.float32)
+                                          if len(self) else np.zeros(0, np.float32))
+        if self.centres is not None:
+            arrays["centres"] = np.asarray(self.centres, dtype=np.float64)
+        if self.focals is not None:
+            arrays["focals"] = np.asarray(self.focals, dtype=np.float64)
+        if self.positive_pairs is not None:
+            arrays["positive_pairs"] = self.positive_pairs
+        if self.pair_cache is not None:
+            cache = self.pair_cache
+            arrays.update(pair_index=cache.pairs, pair_shared=cache.shared,
+                          pair_overlap_ab=cache.overlap_ab, pair_overlap_ba=cache.overlap_ba,
+                          pair_scale=cache.scale)
+        with atomic_path(directory / ARRAYS_NAME, suffix=".npz") as tmp:
+            np.savez_compressed(tmp, **arrays)
+        header = {
+            "format": "retrievalkit-trainingdb",
+            "format_version": FORMAT_VERSION,
+            "root": None if self.root is None else str(self.root),
+            "images": list(self.images),
+            "arrays": sorted(arrays),
+            "meta": self.meta,
+        }
+        write_text_atomic(directory / JSON_NAME, json.dumps(header, indent=1, default=_json_default) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainingDatabase:
+        """Same as :func:`load_database`."""
+        return load_database(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in the database meta")
+
+
+def load_database(path: str | Path) -> TrainingDatabase:
+    """Read a training database saved by :meth:`TrainingDatabase.save` (``rkit sfm`` output).
+
+    ``path`` is the database directory, the ``rkit sfm`` output directory (its ``database``
+    sub-folder is used) or the ``trainingdb.json`` file itself. Needs numpy and json only.
+    """
+    path = Path(path)
+    candidates = [path] if path.is_file() else [path / JSON_NAME, path / "database" / JSON_NAME]
+    header_path = next((c for c in candidates if c.is_file()), None)
+    if header_path is None:
+        raise RkitError(
+            f"{path} is not a training database: no {JSON_NAME} there. Give the output folder "
+            f"of `rkit sfm` (or its database/ sub-folder); build one with `rkit sfm IMAGES --out DIR`."
+        )
+    try:
+        header = json.loads(header_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RkitError(f"{header_path} is damaged ({exc}); rebuild the database with `rkit sfm`.") from exc
+    if header.get("format") != "retrievalkit-trainingdb":
+        raise RkitError(f"{header_path} is not a retrievalkit training database; rebuild it with `rkit sfm`.")
+    version = int(header.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        raise RkitError(
+            f"{header_path} has format version {version}, newer than this retrievalkit reads "
+            f"({FORMAT_VERSION}); upgrade retrievalkit."
+        )
+    arrays_path = header_path.parent / ARRAYS_NAME
+    if not arrays_path.is_file():
+        raise RkitError(f"{arrays_path} is missing; rebuild the database with `rkit sfm`.")
+    with np.load(arrays_path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    point_ids = point_depths = None
+    if "point_ids" in arrays:
+        offsets = arrays["point_offsets"]
+        point_ids = [arrays["point_ids"][offsets[k]:offsets[k + 1]] for k in range(len(offsets) - 1)]
+        if "point_depths" in arrays:
+            point_depths = [arrays["point_depths"][offsets[k]:offsets[k + 1]] for k in range(len(offsets) - 1)]
+    cache = None
+    if "pair_index" in arrays:
+        cache = PairStatistics(arrays["pair_index"], arrays["pair_shared"], arrays["pair_overlap_ab"],
+                               arrays["pair_overlap_ba"], arrays["pair_scale"])
+    root = header.get("root")
+    return TrainingDatabase(
+        images=list(header["images"]), clusters=arrays["clusters"], point_ids=point_ids,
+        point_depths=point_depths, centres=arrays.get("centres"), focals=arrays.get("focals"),
+        root=None if root is None else Path(root), meta=dict(header.get("meta", {})),
+        positive_pairs=arrays.get("positive_pairs"), pair_cache=cache,
+    )

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from ..config import add_config_option, config_option
 from ..errors import RkitError
 
 #: command name -> (module, attribute, one-line help)
@@ -46,7 +47,8 @@ class LazyGroup(click.Group):
         if name not in COMMANDS or not self._available(name):
             return None
         module_name, attr, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module_name), attr)
+        # Every command takes --config FILE (TOML defaults, overridden by flags): retrievalkit.config
+        return add_config_option(getattr(importlib.import_module(module_name), attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
@@ -62,7 +64,11 @@ def cli() -> None:
 
     Components (backbones, poolings, whitenings, miners, losses) are chosen by name, with
     options written NAME:OPTION=VALUE[:OPTION=VALUE], e.g. --pooling spoc:center_prior=false.
+    Any command's options can come from a TOML file: rkit --config FILE CMD (see docs/ablations.md).
     """
+
+
+cli.params.insert(0, config_option())  # rkit --config FILE CMD: tables [CMD] for each command
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -1,1 +1,66 @@
-"""Not implemented yet (placeholder so the entry point loads)."""
+"""N2: the nearest images of other 3D models, at most one per model (Radenović et al. 2016, sec. 3.2).
+
+N2(q) is N1(q) with the extra rule that no two negatives come from the same 3D model, for more
+variety (SPEC 4). It ranks the pool with one faiss search and keeps the best image of each
+model in numpy (:func:`retrievalkit.mining.first_per_model`).
+
+Too few models: when the pool holds fewer models (other than q's) than ``num_negatives``, the
+remaining slots are filled with the next-nearest images not yet chosen (from models already
+used), so every query still gets ``num_negatives`` negatives; ``strict=true`` makes this an
+error instead. ``last_filled`` counts the queries that needed filling in the last call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retrievalkit import Component, hookimpl
+from retrievalkit.mining import (
+    NotEnoughNegatives,
+    check_enough_negatives,
+    first_per_model,
+    ranked_negatives,
+    require_descriptors,
+    resolve_pool,
+)
+from retrievalkit.trainingdb import TrainingDatabase
+
+
+class OnePerModelNegatives:
+    """Negative miner N2."""
+
+    role = "negative"
+    needs_descriptors = True
+    needs_points = False
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
+        self.last_filled = 0
+
+    def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
+             num_negatives: int, rng: np.random.Generator, pool: np.ndarray | None = None) -> np.ndarray:
+        descriptors = require_descriptors(descriptors, db, "n2")
+        queries = np.asarray(queries, dtype=np.int64)
+        pool = resolve_pool(db, pool)
+        check_enough_negatives(db, queries, pool, num_negatives)
+        # the whole pool ranked (minus q's model): exact, and cheap at pool sizes used for training
+        ranked = ranked_negatives(db, descriptors, queries, pool, len(pool))
+        chosen = first_per_model(db, ranked, num_negatives)
+        short = (chosen < 0).any(axis=1)
+        self.last_filled = int(short.sum())
+        if self.last_filled and self.strict:
+            models = len(np.unique(db.clusters[pool]))
+            raise NotEnoughNegatives(
+                f"n2 needs {num_negatives} other 3D models per query but the pool has {models} models "
+                f"in all; lower --num-negatives, or drop strict=true to fill with next-nearest images")
+        for row in np.flatnonzero(short):
+            have = chosen[row][chosen[row] >= 0]
+            rest = ranked[row][(ranked[row] >= 0) & ~np.isin(ranked[row], have)]
+            chosen[row] = np.concatenate([have, rest])[:num_negatives]
+        return chosen
+
+
+@hookimpl
+def rkit_miners() -> list[Component]:
+    return [Component("n2", OnePerModelNegatives, "negative: nearest images of other 3D models, one per model",
+                      "Radenović et al. ECCV 2016, sec. 3.2, N2(q)")]

@@ -1,1 +1,38 @@
-"""Not implemented yet (placeholder so the entry point loads)."""
+"""m2: the image sharing the most 3D points with the query (Radenović et al. 2016, sec. 3.2; SPEC 4).
+
+m2(q) = argmax over i in M(q) of |P(q) n P(i)|. Ties go to the lowest database index, so the
+choice is deterministic. Needs the 3D points (a database from ``rkit sfm``). A query with an
+empty M(q) gets ``-1``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retrievalkit import Component, hookimpl
+from retrievalkit.mining import candidate_lists
+from retrievalkit.trainingdb import TrainingDatabase
+
+
+class MostCoObservedPositive:
+    """Positive miner m2."""
+
+    role = "positive"
+    needs_descriptors = False
+    needs_points = True
+
+    def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
+             rng: np.random.Generator) -> np.ndarray:
+        db.require_points("the m2 miner")
+        positives = np.full(len(queries), -1, dtype=np.int64)
+        for row, (q, candidates) in enumerate(zip(queries, candidate_lists(db, queries))):
+            if len(candidates):
+                shared = [db.shared_points(int(q), int(i)) for i in candidates]
+                positives[row] = candidates[int(np.argmax(shared))]
+        return positives
+
+
+@hookimpl
+def rkit_miners() -> list[Component]:
+    return [Component("m2", MostCoObservedPositive, "positive: co-observing image sharing the most 3D points",
+                      "Radenović et al. ECCV 2016, sec. 3.2, m2(q)")]

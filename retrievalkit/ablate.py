@@ -1,0 +1,750 @@
+"""Ablation grids: every combination of components and options, with the work shared.
+
+An ablation evaluates each *cell* of a grid (a choice of backbone, weights, pooling, image
+size, scales, whitening and output dimension) on a folder-per-class collection (SPEC section
+5: every image a query against the others, mAP and mP@k).
+
+Work sharing. Extracting descriptors is the expensive step; whitening and dimension reduction
+act on descriptors. The cells are therefore grouped by their *extraction key* (backbone,
+weights, pooling, image size, scales): each group's descriptors are extracted once, stored in
+``OUT/descriptors/``, and reused by every whitening and dimension of the group. Each whitening
+is in turn fitted once per group and training subset with every meaningful direction and
+truncated to each ``dim`` (:class:`WhiteningFits`; stored in ``OUT/whitenings/``).
+
+Resume. Each cell's result is written atomically to ``OUT/cells/<id>.json`` when it is done,
+the id being a hash of the cell's settings and of the image lists, so a re-run (with the same
+or a larger grid) skips every finished cell and every stored extraction; an interrupted
+extraction resumes from its checkpoint (:func:`retrievalkit.extract.extract_descriptors`).
+A failing cell (an unknown component, a dimension the whitening cannot give ...) is recorded
+with its error and the grid goes on; failed cells are tried again on the next run.
+
+Whitening is never learned on the images it is evaluated on:
+
+* with ``whiten_data`` (a separate folder-per-class collection) it is learned there once per
+  cell;
+* otherwise by **leave-one-class-out**: for each class ``c`` of the evaluation collection the
+  whitening is learned on the images of all the other classes, every image is projected with
+  it, and the AP of the queries of class ``c`` is read from that ranking. So a query's own
+  landmark, its positives and itself never influence the projection it is ranked with; the
+  other classes (which include its negatives) do. mAP and mP@k are the means over all queries
+  of these per-query values. It costs one fit per class and cell.
+
+Grid axes (``--grid AXIS=V1,V2``): ``backbone``, ``weights``, ``pooling``, ``image_size``,
+``scales`` (several scales of one cell joined by ``+``: ``1+0.707+0.5``), ``whiten``, ``dim``
+(an integer, or ``full``), and ``KIND.OPTION`` for one option of the chosen component
+(``pooling.p=2,3,4``, ``whiten.ridge=0.1,1``). Values are split on ``,``; component specs keep
+their options after ``:`` (``pooling=gem:p=4,mac``). Whitening ``none`` keeps every dimension,
+so cells that differ only in ``dim`` under ``whiten=none`` are one cell (``dim=full``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_text_atomic
+from .components import ComponentSpec
+from .descriptors import DescriptorSet
+from .errors import RkitError
+
+ABLATION_FORMAT_VERSION = 1
+
+#: Settings of a cell, in display order, with their defaults.
+DEFAULT_SETTINGS: dict[str, str] = {
+    "backbone": "efficientnet-lite0",
+    "weights": "imagenet",
+    "pooling": "gem",
+    "image_size": "1024",
+    "scales": "1",
+    "whiten": "none",
+    "dim": "full",
+}
+#: The settings that determine the descriptors (one extraction per distinct combination).
+EXTRACTION_KEYS: tuple[str, ...] = ("backbone", "weights", "pooling", "image_size", "scales")
+#: Settings that are component specs, with their kind (for ``KIND.OPTION`` axes).
+COMPONENT_AXES: dict[str, str] = {"backbone": "backbone", "pooling": "pooling", "whiten": "whitening"}
+_ALIASES = {"image-size": "image_size", "size": "image_size", "whitening": "whiten", "scale": "scales"}
+_FULL_DIM = {"full", "none", "all", ""}
+#: The cut-offs of mP@k shown in tables.
+TABLE_KS: tuple[int, ...] = (1, 5, 10)
+
+
+# -- the grid ---------------------------------------------------------------------------------
+
+def canonical_axis(name: str) -> str:
+    """The axis ``name`` as stored (``image-size`` -> ``image_size``); unknown names are errors."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key).replace("-", "_")
+    if key in DEFAULT_SETTINGS:
+        return key
+    head, dot, option = key.partition(".")
+    head = _ALIASES.get(head, head)
+    if dot and head in COMPONENT_AXES and option:
+        return f"{head}.{option}"
+    raise RkitError(
+        f"unknown grid axis {name!r}: use one of {', '.join(DEFAULT_SETTINGS)}, or "
+        f"COMPONENT.OPTION for an option of the chosen {', '.join(COMPONENT_AXES)} (e.g. pooling.p)"
+    )
+
+
+def parse_grid(items: Sequence[str] | Mapping[str, Sequence[Any] | Any]) -> dict[str, list[str]]:
+    """``["pooling=mac,gem:p=4", "dim=32,64"]`` (or a mapping) -> ``{axis: [values]}``."""
+    pairs: list[tuple[str, list[str]]] = []
+    if isinstance(items, Mapping):
+        for key, value in items.items():
+            values = value if isinstance(value, (list, tuple)) else str(value).split(",")
+            pairs.append((str(key), [str(v) for v in values]))
+    else:
+        for item in items:
+            key, sep, value = str(item).partition("=")
+            if not sep or not key.strip():
+                raise RkitError(f"cannot read grid axis {item!r}: write AXIS=VALUE1,VALUE2 "
+                                f"(e.g. --grid pooling=mac,spoc,gem)")
+            pairs.append((key, value.split(",")))
+    grid: dict[str, list[str]] = {}
+    for key, values in pairs:
+        axis = canonical_axis(key)
+        cleaned = [v.strip() for v in values if v.strip()]
+        if not cleaned:
+            raise RkitError(f"grid axis {key!r} has no values: write {key}=VALUE1,VALUE2")
+        grid.setdefault(axis, [])
+        grid[axis] += [v for v in cleaned if v not in grid[axis]]
+    return grid
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"1+0.707+0.5"`` -> ``(1.0, 0.707, 0.5)``."""
+    try:
+        scales = tuple(float(s) for s in str(text).replace(" ", "+").split("+") if s)
+    except ValueError:
+        raise RkitError(f"cannot read scales {text!r}: write numbers joined by '+', e.g. 1+0.707+0.5") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise RkitError(f"scales {text!r} must be positive numbers joined by '+', e.g. 1+0.707+0.5")
+    return scales
+
+
+def parse_dim(text: str) -> int | None:
+    """``"128"`` -> 128; ``full`` (or ``none``) -> None (every dimension)."""
+    if str(text).strip().lower() in _FULL_DIM:
+        return None
+    try:
+        dim = int(str(text))
+    except ValueError:
+        raise RkitError(f"cannot read dim {text!r}: write a positive integer or 'full'") from None
+    if dim < 1:
+        raise RkitError(f"dim must be a positive integer or 'full', got {text!r}")
+    return dim
+
+
+def _canonical_spec(text: str) -> str:
+    try:
+        return str(ComponentSpec.parse(text))
+    except RkitError:
+        return text.strip()  # kept as written; the cell fails with the parse error when run
+
+
+def _set_option(spec: str, option: str, value: str) -> str:
+    parsed = ComponentSpec.parse(spec)
+    options = dict(parsed.options)
+    options[option] = value
+    return str(ComponentSpec(parsed.name, options))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One point of the grid.
+
+    Attributes:
+        axes: the grid values that chose it, by axis (only the axes of the grid).
+        settings: every effective setting (:data:`DEFAULT_SETTINGS` keys), as text.
+    """
+
+    axes: Mapping[str, str]
+    settings: Mapping[str, str]
+
+    @property
+    def extraction_key(self) -> tuple[str, ...]:
+        return tuple(self.settings[k] for k in EXTRACTION_KEYS)
+
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.axes.items()) or "base"
+
+
+def _effective(base: Mapping[str, str], choice: Mapping[str, str]) -> dict[str, str]:
+    settings = dict(base)
+    options: list[tuple[str, str, str]] = []
+    for axis, value in choice.items():
+        if "." in axis:
+            head, _, option = axis.partition(".")
+            options.append((head, option, value))
+        else:
+            settings[axis] = value
+    for head, option, value in options:
+        try:
+            settings[head] = _set_option(settings[head], option, value)
+        except RkitError:
+            settings[head] = f"{settings[head]}:{option}={value}"
+    for key in COMPONENT_AXES:
+        settings[key] = _canonical_spec(settings[key])
+    if settings["whiten"].split(":")[0].strip().lower() == "none":
+        settings["dim"] = "full"  # the identity keeps every dimension: dim does not apply
+    settings["dim"] = "full" if settings["dim"].strip().lower() in _FULL_DIM else settings["dim"].strip()
+    return settings
+
+
+def expand_grid(base: Mapping[str, str], grid: Mapping[str, Sequence[str]]) -> list[Cell]:
+    """Every combination of the grid's values over ``base`` settings, duplicates removed.
+
+    Cells come out in grid order (the last axis varies fastest). Two choices with the same
+    effective settings (e.g. ``whiten=none`` with different ``dim``) are one cell.
+    """
+    unknown = set(base) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise RkitError(f"unknown setting(s) {', '.join(sorted(unknown))}: use {', '.join(DEFAULT_SETTINGS)}")
+    full_base = {**DEFAULT_SETTINGS, **{k: str(v) for k, v in base.items() if v is not None}}
+    axes = list(grid)
+    cells: list[Cell] = []
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for values in itertools.product(*(grid[a] for a in axes)):
+        choice = dict(zip(axes, values))
+        settings = _effective(full_base, choice)
+        key = tuple(sorted(settings.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        shown = {a: (settings["dim"] if a == "dim" else v) for a, v in choice.items()}
+        cells.append(Cell(shown, settings))
+    return cells
+
+
+# -- results ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CellResult:
+    """The outcome of one cell (what ``OUT/cells/<id>.json`` holds)."""
+
+    cell_id: str
+    axes: dict[str, str]
+    settings: dict[str, str]
+    status: str                       # "ok" or "failed"
+    error: str | None = None
+    map: float | None = None
+    mp_at_k: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    per_class_ap: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    per_query_ap: list[float | None] = dataclasses.field(default_factory=list)
+    out_dim: int | None = None
+    group: str = ""
+    whitening_protocol: str = ""
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    reused: bool = False              # read from a previous run
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("reused")
+        return {"format": "rkit-ablation-cell", "version": ABLATION_FORMAT_VERSION, **data}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CellResult:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+@dataclasses.dataclass
+class AblationResult:
+    """All cells of a grid plus the work-sharing accounting."""
+
+    out_dir: Path
+    axes: list[str]
+    cells: list[CellResult]
+    stats: dict[str, Any]
+    base: dict[str, str]
+    grid: dict[str, list[str]]
+    query_paths: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[CellResult]:
+        return [c for c in self.cells if c.status != "ok"]
+
+
+def _round(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if not math.isfinite(value) else round(value, 6)
+
+
+def _hash(data: Any, length: int = 12) -> str:
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:length]
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, RkitError) else f"{type(exc).__name__}: {exc}"
+
+
+# -- evaluation of one cell -------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Collection:
+    """Descriptors of one collection for one extraction key."""
+
+    descriptors: np.ndarray
+    paths: list[str]
+    labels: list[str]
+    seconds: float               # time the extraction took (when it was run)
+    reused: bool
+
+
+class WhiteningFits:
+    """Fitted whitenings, learned once and shared by the dimensions of a grid.
+
+    A whitening is ``psi = L2(P (f - m))`` with the rows of ``P`` ordered by decreasing
+    importance, so the ``D``-dimensional whitening is the first ``D`` rows of the full one
+    (SPEC section 2, "keeping the first D rows"; :meth:`FittedWhitening.truncated`). With
+    ``share=True`` each (descriptors, whitening, training subset) is therefore fitted once with
+    every meaningful direction, stored as ``<folder>/<key>.npz``, and truncated for each
+    ``dim``; asking for more dimensions than the fit has is the same error a direct fit gives.
+    ``share=False`` fits every cell on its own (for a third-party whitening whose rows are not
+    ordered that way).
+    """
+
+    def __init__(self, folder: Path | None = None, share: bool = True) -> None:
+        self.folder = folder
+        self.share = share
+        self.memory: dict[str, Any] = {}
+        self.fits_run = 0
+        self.fits_reused = 0
+        self.fit_seconds = 0.0
+
+    def fitted(self, spec: str, dim: int | None, key: Mapping[str, Any], make_data: Callable[[], Any]) -> Any:
+        """The whitening ``spec`` with output ``dim``, learned on ``make_data()`` (identified by ``key``)."""
+        from .whitening import FittedWhitening, fit_whitening
+
+        if not self.share:
+            return self._fit(lambda: fit_whitening(spec, make_data(), dim))
+        name = _hash({"spec": spec, **key}, 16)
+        full = self.memory.get(name)
+        path = self.folder / f"{name}.npz" if self.folder is not None else None
+        if full is None and path is not None and path.is_file():
+            try:
+                full = FittedWhitening.load(path)
+                self.fits_reused += 1
+            except RkitError:
+                full = None
+        elif full is not None:
+            self.fits_reused += 1
+        if full is None:
+            full = self._fit(lambda: fit_whitening(spec, make_data(), None))
+            if path is not None:
+                full.save(path)
+        self.memory[name] = full
+        if dim is None:
+            return full
+        if dim > full.out_dim:
+            raise RkitError(
+                f"whitening {spec!r} learned on {full.meta.get('n_descriptors', 'these')} descriptors has "
+                f"{full.out_dim} meaningful dimensions, fewer than dim={dim}: use dim {full.out_dim} or "
+                f"less, or learn it on more images (--whiten-data)")
+        return full.truncated(dim)
+
+    def _fit(self, fit: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        fitted = fit()
+        self.fit_seconds += time.perf_counter() - start
+        self.fits_run += 1
+        return fitted
+
+
+def evaluate_cell(settings: Mapping[str, str], evaluation: _Collection, whitening_set: _Collection | None,
+                  fits: WhiteningFits | None = None, fit_key: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Whiten (learned as the module docstring says), evaluate, and return the numbers.
+
+    ``fits`` shares fitted whitenings between cells (``fit_key`` identifies the descriptors);
+    by default every fit is made here. Returns a dict with ``map``, ``mp_at_k``,
+    ``per_class_ap``, ``per_query_ap``, ``out_dim``, ``whitening_protocol`` and ``seconds``
+    (``fit``, ``evaluate``).
+    """
+    from .evaluate import evaluate_folder_collection
+    from .whitening import WhiteningData
+
+    fits = fits if fits is not None else WhiteningFits(share=False)
+    fit_key = dict(fit_key or {})
+    fit_before = fits.fit_seconds
+    spec = settings["whiten"]
+    dim = parse_dim(settings["dim"])
+    labels = np.asarray(evaluation.labels)
+    x = evaluation.descriptors
+    eval_s = 0.0
+    is_identity = ComponentSpec.parse(spec).name == "none"
+    if is_identity or whitening_set is not None:
+        if is_identity:
+            projected, protocol, out_dim = x, "none", x.shape[1]
+        else:
+            assert whitening_set is not None
+            fitted = fits.fitted(spec, dim, {**fit_key, "train": "separate"},
+                                 lambda: WhiteningData.from_labels(whitening_set.descriptors, whitening_set.labels))
+            projected, protocol, out_dim = fitted.apply(x), "separate whitening set", fitted.out_dim
+        start = time.perf_counter()
+        result = evaluate_folder_collection(projected, evaluation.labels, names=evaluation.paths)
+        eval_s = time.perf_counter() - start
+        per_query = result.per_query_ap
+        precision = result.per_query_precision
+    else:
+        protocol = "leave-one-class-out"
+        per_query = np.full(len(labels), np.nan)
+        precision = {}
+        out_dim = None
+        for cls in sorted(set(labels.tolist())):
+            held_out = labels == cls
+            fitted = fits.fitted(spec, dim, {**fit_key, "train": f"all but {cls}"},
+                                 lambda: WhiteningData.from_labels(x[~held_out], labels[~held_out].tolist()))
+            start = time.perf_counter()
+            result = evaluate_folder_collection(fitted.apply(x), evaluation.labels, names=evaluation.paths)
+            eval_s += time.perf_counter() - start
+            per_query[held_out] = result.per_query_ap[held_out]
+            for k, values in result.per_query_precision.items():
+                precision.setdefault(k, np.full(len(labels), np.nan))[held_out] = values[held_out]
+            out_dim = fitted.out_dim if out_dim is None else min(out_dim, fitted.out_dim)
+    per_class = {str(c): _round(np.nanmean(per_query[labels == c])) if np.isfinite(per_query[labels == c]).any()
+                 else None for c in sorted(set(labels.tolist()))}
+    return {
+        "map": _round(np.nanmean(per_query)) if np.isfinite(per_query).any() else None,
+        "mp_at_k": {str(k): _round(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in precision.items()},
+        "per_class_ap": per_class,
+        "per_query_ap": [_round(v) for v in per_query],
+        "out_dim": int(out_dim) if out_dim is not None else None,
+        "whitening_protocol": protocol,
+        "seconds": {"fit": round(fits.fit_seconds - fit_before, 3), "evaluate": round(eval_s, 3)},
+    }
+
+
+# -- running a grid ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class AblationOptions:
+    """How to run a grid (everything but the grid itself)."""
+
+    data: Path
+    out_dir: Path
+    whiten_data: Path | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    num_workers: int = 2
+    progress: bool = True
+    share_whitening_fits: bool = True
+
+
+def _labels_for(paths: Sequence[str]) -> list[str]:
+    from .evaluate import folder_labels
+
+    return folder_labels(paths)
+
+
+class _Extractor:
+    """Extracts (or loads) one collection's descriptors for one extraction key."""
+
+    def __init__(self, options: AblationOptions, echo: Callable[[str], None]) -> None:
+        self.options = options
+        self.echo = echo
+        self.models: dict[tuple[str, ...], Any] = {}
+
+    def collection(self, settings: Mapping[str, str], group: str, which: str, root: Path,
+                   paths: list[str]) -> _Collection:
+        from .extract import extract_descriptors
+        from .model import ModelConfig, build_model
+
+        target = self.options.out_dir / "descriptors" / f"{group}-{which}.npz"
+        if target.is_file():
+            stored = DescriptorSet.load(target)
+            return _Collection(stored.descriptors, stored.paths, _labels_for(stored.paths),
+                               float(stored.meta.get("seconds", 0.0)), True)
+        key = tuple(settings[k] for k in EXTRACTION_KEYS)
+        if key not in self.models:
+            self.models.clear()  # one model in memory at a time
+            config = ModelConfig(backbone=settings["backbone"], pooling=settings["pooling"],
+                                 weights=settings["weights"])
+            self.models[key] = build_model(config).eval()
+        image_size = int(settings["image_size"])
+        result = extract_descriptors(
+            self.models[key], paths, root=root, image_size=image_size,
+            scales=parse_scales(settings["scales"]), batch_size=self.options.batch_size,
+            device=self.options.device, num_workers=self.options.num_workers,
+            progress=self.options.progress, checkpoint=target.with_suffix(".partial"),
+        )
+        for path, reason in result.failed:
+            self.echo(f"  skipped {path}: {reason}")
+        if len(result.paths) < 2:
+            raise RkitError(f"only {len(result.paths)} of the {len(paths)} images under {root} could be "
+                            f"described: check the images (reasons above)")
+        meta = {"settings": {k: settings[k] for k in EXTRACTION_KEYS}, "root": str(root),
+                "seconds": round(result.seconds, 3), "failed": result.failed, "collection": which}
+        DescriptorSet(result.descriptors, result.paths, meta).save(target)
+        return _Collection(result.descriptors, result.paths, _labels_for(result.paths), result.seconds, False)
+
+
+def _check_collection(root: Path, paths: list[str], what: str, option: str) -> None:
+    labels = _labels_for(paths)
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    if len(counts) < 2 or max(counts.values()) < 2:
+        raise RkitError(
+            f"{what} {root} must be a folder-per-class collection (one sub-folder per landmark, at "
+            f"least two classes and two images in some class); found {len(counts)} class(es): "
+            f"point {option} to the folder that contains the class folders"
+        )
+
+
+def run_ablation(base: Mapping[str, str], grid: Mapping[str, Sequence[str]], options: AblationOptions,
+                 echo: Callable[[str], None] | None = None) -> AblationResult:
+    """Run (or resume) the grid; see the module docstring. Returns every cell's result.
+
+    ``base`` holds the settings that the grid does not vary (missing ones take
+    :data:`DEFAULT_SETTINGS`). Nothing but a problem with the inputs themselves raises: a
+    cell that fails is recorded as failed.
+    """
+    from tqdm.auto import tqdm
+
+    from .extract import list_images
+
+    echo = echo or (lambda message: tqdm.write(message))
+    started = time.perf_counter()
+    out = Path(options.out_dir)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    eval_root, eval_paths = list_images(options.data)
+    _check_collection(eval_root, eval_paths, "--data", "--data")
+    whiten_root = whiten_paths = None
+    if options.whiten_data is not None:
+        whiten_root, whiten_paths = list_images(options.whiten_data)
+        _check_collection(whiten_root, whiten_paths, "--whiten-data", "--whiten-data")
+    data_identity = {
+        "data": str(Path(eval_root).resolve()), "images": _hash(eval_paths, 16),
+        "whiten_data": None if whiten_root is None else str(Path(whiten_root).resolve()),
+        "whiten_images": None if whiten_paths is None else _hash(whiten_paths, 16),
+    }
+    cells = expand_grid(base, grid)
+    axes = list(grid)
+    plan = {"format": "rkit-ablation", "version": ABLATION_FORMAT_VERSION, "base": dict(base),
+            "grid": {k: list(v) for k, v in grid.items()}, "data": data_identity, "cells": len(cells)}
+    write_text_atomic(out / "ablation.json", json.dumps(plan, indent=2) + "\n")
+
+    groups: dict[tuple[str, ...], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.extraction_key, []).append(cell)
+
+    extractor = _Extractor(options, echo)
+    fits = WhiteningFits(out / "whitenings", share=options.share_whitening_fits)
+    results: dict[int, CellResult] = {}
+    index_of = {id(cell): i for i, cell in enumerate(cells)}
+    stats = {"cells": len(cells), "cells_run": 0, "cells_reused": 0, "cells_failed": 0,
+             "extraction_groups": len(groups), "extractions_run": 0, "extractions_reused": 0,
+             "extractions_skipped": 0, "extraction_s": 0.0, "whitening_fit_s": 0.0, "evaluate_s": 0.0,
+             "unshared_extraction_estimate_s": 0.0}
+    query_paths: dict[str, list[str]] = {}
+    bar = tqdm(total=len(cells), desc="ablation cells", unit="cell", disable=not options.progress)
+    for key, members in groups.items():
+        group = _hash({"extraction": dict(zip(EXTRACTION_KEYS, key)), **data_identity})
+        pending: list[tuple[Cell, str]] = []
+        for cell in members:
+            cell_id = _hash({"settings": dict(cell.settings), **data_identity})
+            stored = _read_cell(out / "cells" / f"{cell_id}.json")
+            if stored is not None and stored.status == "ok":
+                stored.reused, stored.axes = True, dict(cell.axes)
+                results[index_of[id(cell)]] = stored
+                stats["cells_reused"] += 1
+                bar.update(1)
+            else:
+                pending.append((cell, cell_id))
+        group_seconds = _group_seconds(out, group)
+        if not pending:
+            stored_paths = out / "descriptors" / f"{group}-eval.npz"
+            if stored_paths.is_file():
+                query_paths[group] = DescriptorSet.load(stored_paths).paths
+            stats["extractions_skipped"] += 1
+            stats["unshared_extraction_estimate_s"] += group_seconds * len(members)
+            continue
+        label = " ".join(f"{k}={v}" for k, v in zip(EXTRACTION_KEYS, key))
+        evaluation = whitening_set = None
+        try:
+            evaluation = extractor.collection(members[0].settings, group, "eval", Path(eval_root), eval_paths)
+            if whiten_root is not None and whiten_paths is not None:
+                whitening_set = extractor.collection(members[0].settings, group, "whiten",
+                                                     Path(whiten_root), whiten_paths)
+            group_seconds = evaluation.seconds + (whitening_set.seconds if whitening_set else 0.0)
+            if evaluation.reused and (whitening_set is None or whitening_set.reused):
+                stats["extractions_reused"] += 1
+            else:
+                stats["extractions_run"] += 1
+                stats["extraction_s"] += group_seconds
+            query_paths[group] = evaluation.paths
+        except Exception as exc:  # the whole group fails, the grid goes on
+            message = f"extraction failed ({label}): {_error_text(exc)}"
+            echo(f"FAILED {message}")
+            for cell, cell_id in pending:
+                failed = CellResult(cell_id, dict(cell.axes), dict(cell.settings), "failed", message, group=group)
+                _write_cell(out, failed)
+                results[index_of[id(cell)]] = failed
+                stats["cells_failed"] += 1
+                bar.update(1)
+            continue
+        stats["unshared_extraction_estimate_s"] += group_seconds * len(members)
+        for cell, cell_id in pending:
+            try:
+                numbers = evaluate_cell(cell.settings, evaluation, whitening_set, fits, {"group": group})
+                outcome = CellResult(cell_id, dict(cell.axes), dict(cell.settings), "ok", group=group,
+                                     **{k: v for k, v in numbers.items() if k != "seconds"},
+                                     seconds={"extraction_of_group": round(group_seconds, 3), **numbers["seconds"]})
+                stats["cells_run"] += 1
+                stats["whitening_fit_s"] += numbers["seconds"]["fit"]
+                stats["evaluate_s"] += numbers["seconds"]["evaluate"]
+            except Exception as exc:
+                outcome = CellResult(cell_id, dict(cell.axes), dict(cell.settings), "failed",
+                                     _error_text(exc), group=group)
+                stats["cells_failed"] += 1
+                echo(f"FAILED cell {cell.label()}: {outcome.error}")
+            _write_cell(out, outcome)
+            results[index_of[id(cell)]] = outcome
+            bar.update(1)
+    bar.close()
+    stats["whitening_fits_run"], stats["whitening_fits_reused"] = fits.fits_run, fits.fits_reused
+    stats["wall_s"] = round(time.perf_counter() - started, 3)
+    for key in ("extraction_s", "whitening_fit_s", "evaluate_s", "unshared_extraction_estimate_s"):
+        stats[key] = round(stats[key], 3)
+    result = AblationResult(out, axes, [results[i] for i in range(len(cells))], stats,
+                            {**DEFAULT_SETTINGS, **{k: str(v) for k, v in base.items()}},
+                            {k: list(v) for k, v in grid.items()}, query_paths)
+    write_outputs(result)
+    return result
+
+
+def _group_seconds(out: Path, group: str) -> float:
+    """Extraction time of a stored group (read from its descriptor files), 0 if none."""
+    total = 0.0
+    for which in ("eval", "whiten"):
+        path = out / "descriptors" / f"{group}-{which}.npz"
+        if path.is_file():
+            try:
+                total += float(DescriptorSet.load(path).meta.get("seconds", 0.0))
+            except RkitError:
+                pass
+    return total
+
+
+def _read_cell(path: Path) -> CellResult | None:
+    if not path.is_file():
+        return None
+    try:
+        return CellResult.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        return None  # unreadable: run the cell again
+
+
+def _write_cell(out: Path, cell: CellResult) -> None:
+    write_text_atomic(out / "cells" / f"{cell.cell_id}.json", json.dumps(cell.to_json(), indent=1) + "\n")
+
+
+# -- output -----------------------------------------------------------------------------------
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def table_rows(result: AblationResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the results table (grid axes, numbers, status)."""
+    header = [*result.axes, "out dim", "mAP", *(f"mP@{k}" for k in TABLE_KS), "status"]
+    rows = []
+    for cell in result.cells:
+        row = [cell.axes.get(a, cell.settings.get(a, "")) for a in result.axes]
+        row.append("-" if cell.out_dim is None else str(cell.out_dim))
+        row.append(_fmt(cell.map))
+        row += [_fmt(cell.mp_at_k.get(str(k))) for k in TABLE_KS]
+        status = cell.status if cell.status == "ok" else f"FAILED: {cell.error}"
+        row.append(status + (" (reused)" if cell.reused and cell.status == "ok" else ""))
+        rows.append(row)
+    return header, rows
+
+
+def format_table(result: AblationResult, max_error: int = 70) -> str:
+    """A plain-text table for the terminal."""
+    header, rows = table_rows(result)
+    rows = [[c if len(c) <= max_error else c[: max_error - 3] + "..." for c in row] for row in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def format_markdown(result: AblationResult) -> str:
+    """The table as GitHub Markdown (``|`` in values escaped)."""
+    header, rows = table_rows(result)
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(result: AblationResult) -> str:
+    """One row per cell: every setting, the numbers, status and error."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["cell_id", *DEFAULT_SETTINGS, "out_dim", "map", *(f"mp@{k}" for k in TABLE_KS),
+                     "status", "error", "whitening_protocol"])
+    for cell in result.cells:
+        writer.writerow([cell.cell_id, *(cell.settings.get(k, "") for k in DEFAULT_SETTINGS),
+                         cell.out_dim if cell.out_dim is not None else "",
+                         "" if cell.map is None else cell.map,
+                         *("" if cell.mp_at_k.get(str(k)) is None else cell.mp_at_k[str(k)] for k in TABLE_KS),
+                         cell.status, cell.error or "", cell.whitening_protocol])
+    return buffer.getvalue()
+
+
+def results_document(result: AblationResult) -> dict[str, Any]:
+    """The ``results.json`` document (read back by :func:`load_ablation` and ``rkit report``)."""
+    cells = []
+    for cell in result.cells:
+        data = cell.to_json()
+        data.pop("format"), data.pop("version")
+        data["reused"] = cell.reused
+        cells.append(data)
+    return {"format": "rkit-ablation-results", "version": ABLATION_FORMAT_VERSION,
+            "axes": result.axes, "base": result.base, "grid": result.grid, "stats": result.stats,
+            "query_paths": result.query_paths, "cells": cells}
+
+
+def write_outputs(result: AblationResult) -> dict[str, Path]:
+    """Write ``results.json``, ``results.csv`` and ``results.md`` into the output folder."""
+    out = result.out_dir
+    files = {"json": out / "results.json", "csv": out / "results.csv", "md": out / "results.md"}
+    write_text_atomic(files["json"], json.dumps(results_document(result), indent=1) + "\n")
+    write_text_atomic(files["csv"], format_csv(result))
+    write_text_atomic(files["md"], format_markdown(result))
+    return files
+
+
+def load_ablation(out_dir: str | Path) -> AblationResult:
+    """Read an ablation output folder (its ``results.json``) back."""
+    out = Path(out_dir)
+    path = out / "results.json"
+    if not path.is_file():
+        raise RkitError(f"{out} holds no ablation results (results.json): run `rkit ablate --out {out}` first")
+    try:
+        doc = json.loads(path.read_text())
+        cells = []
+        for data in doc["cells"]:
+            cell = CellResult.from_json(data)
+            cell.reused = bool(data.get("reused", False))
+            cells.append(cell)
+        return AblationResult(out, list(doc["axes"]), cells, dict(doc["stats"]), dict(doc["base"]),
+                              dict(doc["grid"]), dict(doc.get("query_paths", {})))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RkitError(f"{path} is not an ablation results file written by `rkit ablate` ({exc})") from exc

@@ -1,0 +1,82 @@
+"""``rkit extract``: images -> a descriptors file (a thin layer over :mod:`retrievalkit.extract`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..descriptors import DescriptorSet
+from ..errors import RkitError
+from ..extract import extract_descriptors, list_images, pooling_exponent
+from .options import ModelOptions, model_options
+
+_SHOWN_FAILURES = 20
+
+
+def parse_scales(text: str) -> list[float]:
+    """``"1,0.707,0.5"`` -> ``[1.0, 0.707, 0.5]``; each scale must be a positive number."""
+    try:
+        scales = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise RkitError(f"--scales {text!r}: write comma-separated positive numbers, e.g. 1,0.707,0.5") from None
+    if not scales or any(not s > 0 or s == float("inf") for s in scales):
+        raise RkitError(f"--scales {text!r}: write comma-separated positive numbers, e.g. 1,0.707,0.5")
+    return scales
+
+
+@click.command("extract")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@model_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("descriptors.npz"),
+              show_default=True, help="Descriptors file to write (.npz).")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Keep partial results in OUT-stem.partial.npz and continue from them after an interruption.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, progress: bool) -> None:
+    """Extract global descriptors of the images in SOURCE.
+
+    SOURCE is a folder (searched recursively) or a text file with one image path per line
+    (relative to the file's folder). Unreadable images are listed and skipped.
+
+    \b
+    rkit extract photos/ --pooling gem --image-size 448 --out photos.npz
+    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whiten lw.npz
+    """
+    root, paths = list_images(source)
+    model, whitening = model_options.build()
+    checkpoint = out.with_name(f"{out.name.removesuffix('.npz')}.partial.npz")
+    if checkpoint.exists():
+        if resume:
+            click.echo(f"resuming from {checkpoint}", err=True)
+        else:
+            checkpoint.unlink()
+    result = extract_descriptors(model, paths, root=root, checkpoint=checkpoint if resume else None,
+                                 **model_options.extraction_kwargs(progress=progress))
+    if not result.paths:
+        first = "; ".join(f"{p}: {r}" for p, r in result.failed[:3])
+        raise RkitError(f"none of the {len(paths)} images could be read ({first}): check SOURCE")
+
+    descriptors = result.descriptors
+    if whitening is not None:
+        descriptors = whitening.apply(descriptors)
+    meta = model_options.descriptor_meta(
+        model, whitening,
+        input_mean=list(model.backbone.mean), input_std=list(model.backbone.std),
+        pooling_p=pooling_exponent(model), root=str(root.resolve()), source=str(source),
+        failed=[[p, r] for p, r in result.failed], seconds=round(result.seconds, 3),
+    )
+    DescriptorSet(descriptors, result.paths, meta).save(out)
+
+    click.echo(
+        f"extracted {len(result.paths)} of {len(paths)} images -> {descriptors.shape[1]}-D descriptors in "
+        f"{result.seconds:.1f} s ({result.images_per_second:.2f} images/s; {model.config.backbone}, "
+        f"{model.config.pooling}, size {model_options.image_size}, "
+        f"scales {','.join(f'{s:g}' for s in model_options.scales)}); wrote {out}"
+    )
+    if result.failed:
+        click.echo(f"{len(result.failed)} image(s) skipped:")
+        for path, reason in result.failed[:_SHOWN_FAILURES]:
+            click.echo(f"  {path}: {reason}")
+        if len(result.failed) > _SHOWN_FAILURES:
+            click.echo(f"  ... and {len(result.failed) - _SHOWN_FAILURES} more (all are listed in the file's meta 'failed')")

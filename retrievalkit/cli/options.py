@@ -1,0 +1,224 @@
+"""Click options shared by the commands that describe images with a model.
+
+``rkit eval IMAGES_DIR`` and ``rkit search DB.npz IMAGE...`` take the same model and extraction
+options as ``rkit extract`` (same names, defaults and meaning), declared once here::
+
+    @click.command()
+    @model_options
+    def command(model_options: ModelOptions, ...):
+        model, whitening = model_options.build()
+        result = extract_descriptors(model, paths, **model_options.extraction_kwargs())
+
+:func:`model_options` adds ``--backbone --weights --pooling --model --whiten --image-size
+--scales --batch-size --device --workers`` and hands the command one :class:`ModelOptions`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from click.core import ParameterSource
+
+from ..errors import RkitError
+
+if TYPE_CHECKING:
+    from ..model import RetrievalModel
+    from ..whitening import FittedWhitening
+
+#: the defaults of ``rkit extract``
+DEFAULT_BACKBONE = "efficientnet-lite0"
+DEFAULT_POOLING = "gem"
+DEFAULT_WEIGHTS = "imagenet"
+DEFAULT_IMAGE_SIZE = 1024
+
+
+def parse_scales(text: str) -> list[float]:
+    """``"1,0.707,0.5"`` -> ``[1.0, 0.707, 0.5]`` (the parser of ``rkit extract --scales``)."""
+    from .extract import parse_scales as parse
+
+    return parse(text)
+
+
+@dataclasses.dataclass
+class ModelOptions:
+    """The model and extraction options as the user gave them.
+
+    ``typed`` names the options given on the command line (not defaults), so a command can tell
+    "the user asked for this" from "this is the default".
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = DEFAULT_WEIGHTS
+    pooling: str = DEFAULT_POOLING
+    model_dir: Path | None = None
+    whiten_file: Path | None = None
+    image_size: int = DEFAULT_IMAGE_SIZE
+    scales: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+    batch_size: int = 16
+    device: str = "auto"
+    workers: int = 2
+    typed: frozenset[str] = frozenset()
+
+    def build(self) -> tuple[RetrievalModel, FittedWhitening | None]:
+        """The model (built from components, or loaded from ``--model``) and the whitening file.
+
+        The whitening is returned, not attached, so it is applied to the combined multi-scale
+        descriptors exactly as ``rkit extract --whiten`` does.
+        """
+        from ..model import ModelConfig, build_model, load_model
+
+        if self.model_dir is not None:
+            clash = sorted({"backbone", "pooling", "weights"} & self.typed)
+            if clash:
+                raise RkitError(f"--model {self.model_dir} already fixes the backbone, pooling and weights: "
+                                f"drop {', '.join('--' + c for c in clash)}")
+            model = load_model(self.model_dir)
+        else:
+            model = build_model(ModelConfig(backbone=self.backbone, pooling=self.pooling, weights=self.weights))
+        whitening = None
+        if self.whiten_file is not None:
+            from ..whitening import FittedWhitening
+
+            whitening = FittedWhitening.load(self.whiten_file)
+            if whitening.in_dim != model.out_dim:
+                raise RkitError(f"{self.whiten_file} whitens {whitening.in_dim}-D descriptors but this model "
+                                f"gives {model.out_dim}-D ones: fit the whitening on descriptors of the same model")
+        return model, whitening
+
+    def extraction_kwargs(self, progress: bool = True) -> dict[str, Any]:
+        """Keyword arguments for :func:`retrievalkit.extract.extract_descriptors`."""
+        return {"image_size": self.image_size, "scales": list(self.scales), "batch_size": self.batch_size,
+                "device": self.device, "num_workers": self.workers, "progress": progress}
+
+    def descriptor_meta(self, model: RetrievalModel, whitening: FittedWhitening | None,
+                        **extra: Any) -> dict[str, Any]:
+        """The ``meta`` of a descriptors file made with these options (as ``rkit extract`` writes)."""
+        meta = {
+            "model": model.config.to_dict(),
+            "model_dir": str(self.model_dir) if self.model_dir is not None else None,
+            "image_size": self.image_size, "scales": list(self.scales),
+            "whitening": whitening.describe(self.whiten_file) if whitening is not None else None,
+            **extra,
+        }
+        return json.loads(json.dumps(meta, default=str))
+
+    @classmethod
+    def from_descriptor_meta(cls, meta: dict[str, Any], *, base: ModelOptions | None = None) -> ModelOptions:
+        """Options that reproduce the model of a descriptors file (``rkit extract`` meta).
+
+        Options typed on the command line (in ``base.typed``) win over the file's values.
+        """
+        base = base or cls()
+        model = meta.get("model") or {}
+        whitening = meta.get("whitening") or None
+        values = dataclasses.asdict(base)
+        from_file = {
+            "backbone": model.get("backbone"), "pooling": model.get("pooling"), "weights": model.get("weights"),
+            "model_dir": Path(meta["model_dir"]) if meta.get("model_dir") else None,
+            "image_size": meta.get("image_size"), "scales": meta.get("scales"),
+        }
+        if whitening is not None:
+            if not whitening.get("file"):
+                raise RkitError("the database descriptors are whitened but their file does not say with which "
+                                "whitening file: give it with --whiten FILE")
+            from_file["whiten_file"] = Path(whitening["file"])
+        for name, value in from_file.items():
+            if value is not None and name not in base.typed:
+                values[name] = value
+        if "model" in base.typed:
+            values["model_dir"] = base.model_dir
+        if "whiten" in base.typed:
+            values["whiten_file"] = base.whiten_file
+        values["typed"] = base.typed
+        return cls(**values)
+
+
+_OPTIONS: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (
+    click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
+                 help="Backbone component and options (`rkit plugins` lists them): alexnet, vgg16, resnet50, "
+                      "resnet101, efficientnet-lite0 ..."),
+    click.option("--weights", default=DEFAULT_WEIGHTS, show_default=True,
+                 help="Backbone weights: imagenet, none, or a local state-dict file (.pth)."),
+    click.option("--pooling", default=DEFAULT_POOLING, show_default=True,
+                 help="Pooling component and options: mac, spoc, spoc:center_prior=false, gem, gem:p=4 ..."),
+    click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="A saved model directory (from `rkit train`); replaces --backbone/--pooling/--weights."),
+    click.option("--whiten", "whiten_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="A whitening file from `rkit whiten fit`, applied to the descriptors."),
+    click.option("--image-size", type=click.IntRange(min=1), default=DEFAULT_IMAGE_SIZE, show_default=True,
+                 help="Longest image side in pixels (at scale 1)."),
+    click.option("--scales", default="1", show_default=True,
+                 help="Comma-separated scales, combined per image, e.g. 1,0.707,0.5."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+                 help="Most images of one shape per forward pass."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+    click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
+                 help="Image-decoding worker processes (0: decode in the main process)."),
+)
+_PARAMS = ("backbone", "weights", "pooling", "model_dir", "whiten_file", "image_size", "scales",
+           "batch_size", "device", "workers")
+#: parameter name -> the name ``ModelOptions.typed`` uses
+_TYPED_NAMES = {"model_dir": "model", "whiten_file": "whiten"}
+
+
+def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the model/extraction options; the command receives them as ``model_options``."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        values = {name: kwargs.pop(name) for name in _PARAMS}
+        typed = frozenset(
+            _TYPED_NAMES.get(name, name) for name in _PARAMS
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+        )
+        values["scales"] = parse_scales(values["scales"])
+        kwargs["model_options"] = ModelOptions(**values, typed=typed)
+        return func(*args, **kwargs)
+
+    for option in reversed(_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+_SHOWN_FAILURES = 10
+
+
+def extract_with_options(options: ModelOptions, paths: Sequence[str], *, root: Path | None,
+                         crops: Sequence[Any] | None = None, checkpoint: Path | None = None,
+                         progress: bool = True, what: str = "images"):
+    """Build the model, extract ``paths``, apply the ``--whiten`` file; report timing and failures.
+
+    Returns ``(ExtractionResult, meta)``: the result's descriptors are whitened when a whitening
+    file was given, and ``meta`` is the descriptors-file meta for them.
+    """
+    from ..extract import extract_descriptors
+
+    model, whitening = options.build()
+    result = extract_descriptors(model, paths, root=root, crops=crops, checkpoint=checkpoint,
+                                 **options.extraction_kwargs(progress=progress))
+    if whitening is not None and len(result.paths):
+        result.descriptors = whitening.apply(result.descriptors)
+    click.echo(f"described {len(result.paths)} of {len(paths)} {what} in {result.seconds:.1f} s "
+               f"({model.config.backbone}, {model.config.pooling}, size {options.image_size}, "
+               f"scales {','.join(f'{s:g}' for s in options.scales)}"
+               f"{', whitened' if whitening is not None else ''})", err=True)
+    if result.failed:
+        click.echo(f"{len(result.failed)} of the {what} could not be read and were skipped:", err=True)
+        for path, reason in result.failed[:_SHOWN_FAILURES]:
+            click.echo(f"  {path}: {reason}", err=True)
+        if len(result.failed) > _SHOWN_FAILURES:
+            click.echo(f"  ... and {len(result.failed) - _SHOWN_FAILURES} more", err=True)
+    if not result.paths:
+        first = "; ".join(f"{p}: {r}" for p, r in result.failed[:3])
+        raise RkitError(f"none of the {len(paths)} {what} could be read ({first}): check the paths")
+    meta = options.descriptor_meta(
+        model, whitening, root=str(root.resolve()) if root is not None else None,
+        failed=[[p, r] for p, r in result.failed], seconds=round(result.seconds, 3))
+    return result, meta

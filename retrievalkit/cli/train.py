@@ -1,0 +1,93 @@
+"""``rkit train``: fine-tune a model on tuples mined from an SfM database (a thin layer over
+:mod:`retrievalkit.train`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from click.core import ParameterSource
+
+from ..train import CHECKPOINT_NAME, TrainConfig, read_saved_config, train
+
+_DEFAULTS = TrainConfig()
+#: Sources that count as "the user asked for this value" when resuming.
+_GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.DEFAULT_MAP)
+
+
+@click.command("train")
+@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Training database: an `rkit sfm` output folder or a retrieval-SfM db.pkl. "
+                   "Omitted: the embedded synthetic set (built once, cached in $RKIT_CACHE or the run dir).")
+@click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the images of a db.pkl.")
+@click.option("--val", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Validation images, one folder per class: mAP after every epoch.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(_DEFAULTS.run_dir),
+              show_default=True, help="Where config, metrics, checkpoints and the model go.")
+@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
+@click.option("--backbone", default=_DEFAULTS.backbone, show_default=True, help="Backbone component.")
+@click.option("--weights", default=_DEFAULTS.weights, show_default=True,
+              help="Initial backbone weights: imagenet, none, or a local state dict.")
+@click.option("--pooling", default=_DEFAULTS.pooling, show_default=True, help="Pooling: mac, spoc, gem ...")
+@click.option("--miner", default=_DEFAULTS.miner, show_default=True,
+              help="Positive miner: m1, m2, m3 (m3:t_i=0.2:t_s=1.5), random-positive.")
+@click.option("--negatives", default=_DEFAULTS.negatives, show_default=True,
+              help="Negative miner: n1, n2, random-negative.")
+@click.option("--num-negatives", type=click.IntRange(min=1), default=_DEFAULTS.num_negatives, show_default=True,
+              help="Negatives per tuple (N).")
+@click.option("--loss", default=_DEFAULTS.loss, show_default=True,
+              help="Loss: contrastive (contrastive:margin=0.7), triplet (triplet:margin=0.1).")
+@click.option("--epochs", type=click.IntRange(min=0), default=_DEFAULTS.epochs, show_default=True)
+@click.option("--queries", "queries_per_epoch", type=click.IntRange(min=0), default=_DEFAULTS.queries_per_epoch,
+              show_default=True, help="Queries (tuples) per epoch; 0 = every image with a positive.")
+@click.option("--pool-size", type=click.IntRange(min=0), default=_DEFAULTS.pool_size, show_default=True,
+              help="Random candidate negatives per epoch; 0 = all images.")
+@click.option("--tuples-per-batch", type=click.IntRange(min=1), default=_DEFAULTS.tuples_per_batch,
+              show_default=True, help="Tuples whose gradients are summed per optimizer step.")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default=_DEFAULTS.optimizer, show_default=True)
+@click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True, help="Learning rate.")
+@click.option("--momentum", type=float, default=_DEFAULTS.momentum, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=32), default=_DEFAULTS.image_size, show_default=True,
+              help="Longest image side (pixels) for training and mining.")
+@click.option("--freeze-bn/--train-bn", default=_DEFAULTS.freeze_bn, show_default=True,
+              help="Keep batch-norm statistics frozen (recommended: one image per forward pass).")
+@click.option("--whiten", default=_DEFAULTS.whiten, show_default=True,
+              help="Whitening learned after training on the mined pairs: learned, pca, none.")
+@click.option("--whiten-dim", type=click.IntRange(min=1), default=None,
+              help="Output dimension of the whitening (default: all meaningful directions).")
+@click.option("--device", default=_DEFAULTS.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
+@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=_DEFAULTS.num_workers,
+              show_default=True, help="Image-decoding processes for the mining extraction.")
+@click.option("--threads", type=click.IntRange(min=0), default=_DEFAULTS.threads, show_default=True,
+              help="CPU threads for torch (0: torch's default; 1 is faster on a busy shared machine).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@click.pass_context
+def command(ctx: click.Context, resume: bool, **options: object) -> None:
+    """Fine-tune a model on an SfM training database (Radenović et al. 2016).
+
+    Every epoch: draw queries, mine a positive (--miner) and hard negatives (--negatives) with
+    the current network, train on the tuples. Then learn the whitening on the mined pairs and
+    save the model to RUN_DIR/model, ready for `rkit extract/eval --model RUN_DIR/model`.
+
+    \b
+    rkit train --pooling mac --miner m3 --whiten learned
+    rkit train --data runs/sfm --val photos/ --miner m3 --negatives n2 --epochs 10
+    rkit train --run-dir runs/train --resume        (after an interruption)
+    """
+    values = {key: (str(value) if isinstance(value, Path) else value) for key, value in options.items()}
+    if resume:
+        saved = read_saved_config(values["run_dir"])
+        given = {key for key in values if ctx.get_parameter_source(key) in _GIVEN}
+        values = {**saved, **{key: values[key] for key in given}, "run_dir": values["run_dir"]}
+    config = TrainConfig.from_dict(values)
+    if not resume and not (Path(config.run_dir) / CHECKPOINT_NAME).exists():
+        from ..config import write_resolved_config
+
+        Path(config.run_dir).mkdir(parents=True, exist_ok=True)
+        write_resolved_config(Path(config.run_dir))
+    result = train(config, resume=resume, log=lambda message: click.echo(message, err=True))
+    click.echo(f"model saved to {result.model_dir}")
+    click.echo(f"use it with: rkit eval IMAGES --model {result.model_dir}  (or rkit extract ... --model)")

@@ -1,0 +1,130 @@
+"""``rkit whiten``: learn a whitening from a descriptors file (``fit``) and apply it (``apply``).
+
+A thin layer over :mod:`retrievalkit.whitening`; the methods are the ``whitening`` plugins
+(``rkit plugins`` lists them). See ``docs/whitening.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..descriptors import DescriptorSet
+from ..errors import RkitError
+from ..whitening import DEFAULT_MAX_PAIRS, FittedWhitening, WhiteningData, fit_whitening, read_pairs_file
+
+
+def read_labels(spec: str, paths: list[str]) -> np.ndarray:
+    """Labels for ``paths``: ``folder`` (each path's parent folder) or a file ``PATH<TAB>LABEL``."""
+    if spec == "folder":
+        from ..evaluate import folder_labels
+
+        return np.asarray(folder_labels(paths))
+    path = Path(spec)
+    if not path.is_file():
+        raise RkitError(f"--labels {spec!r}: write 'folder' (the parent folder of each image is its label) "
+                        f"or give a file with one PATH<TAB>LABEL line per image")
+    given: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) != 2:
+            raise RkitError(f"{path}:{lineno}: expected PATH<TAB>LABEL, got {line!r}")
+        given[fields[0].strip()] = fields[1].strip()
+    missing = [p for p in paths if p not in given]
+    if missing:
+        raise RkitError(f"{path} gives no label for {len(missing)} of the {len(paths)} images (first: "
+                        f"{missing[0]!r}): add a PATH<TAB>LABEL line for each path of the descriptors file")
+    return np.asarray([given[p] for p in paths])
+
+
+@click.group("whiten")
+def group() -> None:
+    """Learn and apply whitening (PCA, learned Lw).
+
+    \b
+    rkit whiten fit train.npz --method learned --labels folder --dim 128 --out lw.npz
+    rkit whiten apply test.npz --whiten lw.npz --out test-lw.npz
+    """
+
+
+@group.command("fit")
+@click.argument("descriptors", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--method", default="learned", show_default=True,
+              help="Whitening component and options: none, pca, pca:whiten=false, learned, "
+                   "learned:rotation=all, learned:ridge=0.1 ...")
+@click.option("--dim", type=int, default=None,
+              help="Output dimension (e.g. 32, 64, 128, 256, 512). Default: every meaningful direction.")
+@click.option("--labels", "labels_spec", default=None, metavar="folder|FILE",
+              help="Supervision for 'learned': 'folder' (same parent folder = matching) or a PATH<TAB>LABEL file.")
+@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Supervision for 'learned': a file of A<TAB>B<TAB>1|0 lines (paths or row indices).")
+@click.option("--max-pairs", type=int, default=DEFAULT_MAX_PAIRS, show_default=True,
+              help="With --labels: at most this many pairs of each kind (a seeded sample).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the pair sample.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Whitening file to write (.npz).")
+def fit_command(descriptors: Path, method: str, dim: int | None, labels_spec: str | None,
+                pairs_file: Path | None, max_pairs: int, seed: int, out: Path) -> None:
+    """Learn a whitening from a descriptors file.
+
+    DESCRIPTORS is a file written by `rkit extract`. `pca` needs nothing else; `learned` needs
+    --labels or --pairs. See docs/whitening.md.
+    """
+    start = time.perf_counter()
+    dset = DescriptorSet.load(descriptors)
+    if dset.meta.get("whitening"):
+        click.echo(f"Warning: {descriptors} is already whitened ({dset.meta['whitening'].get('method')}); "
+                   f"a whitening is normally learned on unwhitened descriptors.", err=True)
+    labels = read_labels(labels_spec, dset.paths) if labels_spec else None
+    positives = negatives = None
+    if pairs_file is not None:
+        positives, negatives = read_pairs_file(pairs_file, dset.paths)
+    data = WhiteningData(dset.descriptors, positives, negatives, labels)
+    if labels is not None and pairs_file is None:
+        data = data.with_pairs_from_labels(max_pairs=max_pairs, seed=seed)
+    fitted = fit_whitening(method, data, dim=dim)
+    fitted.meta.update({"source": str(descriptors), "source_count": len(dset),
+                        "supervision": f"pairs file {pairs_file}" if pairs_file else
+                        (f"labels {labels_spec}" if labels_spec else "descriptors only"),
+                        "descriptors_meta": {k: v for k, v in dset.meta.items() if k in
+                                             ("model", "backbone", "pooling", "image_size", "scales")}})
+    fitted.save(out)
+    counts = f"{len(dset)} descriptors"
+    if "n_positive_pairs" in fitted.meta:
+        counts += f", {fitted.meta['n_positive_pairs']} matching and {fitted.meta['n_negative_pairs']} non-matching pairs"
+    click.echo(f"{fitted.method}: {fitted.in_dim} -> {fitted.out_dim} dimensions "
+               f"(rank {fitted.meta.get('rank', fitted.in_dim)}) from {counts} "
+               f"in {time.perf_counter() - start:.1f} s; wrote {out}")
+
+
+@group.command("apply")
+@click.argument("descriptors", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--whiten", "whitening_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Whitening file written by `rkit whiten fit`.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Whitened descriptors file to write (.npz).")
+def apply_command(descriptors: Path, whitening_file: Path, out: Path) -> None:
+    """Apply a fitted whitening to a descriptors file.
+
+    Writes the whitened descriptors of DESCRIPTORS to --out; their meta records the whitening.
+    """
+    start = time.perf_counter()
+    fitted = FittedWhitening.load(whitening_file)
+    dset = DescriptorSet.load(descriptors)
+    if dset.meta.get("whitening"):
+        click.echo(f"Warning: {descriptors} is already whitened ({dset.meta['whitening'].get('method')}); "
+                   f"whitening it again composes the two.", err=True)
+    source = fitted.meta.get("source")
+    if source and Path(source).resolve() == descriptors.resolve():
+        click.echo(f"Warning: {whitening_file} was learned on {descriptors} itself; results on the data a "
+                   f"whitening was learned on are optimistic (learn it on a separate set).", err=True)
+    meta = {k: v for k, v in dset.meta.items() if k != "format_version"}
+    meta["whitening"] = fitted.describe(whitening_file)
+    DescriptorSet(fitted.apply(dset.descriptors), dset.paths, meta).save(out)
+    click.echo(f"whitened {len(dset)} descriptors {fitted.in_dim} -> {fitted.out_dim} D with "
+               f"{fitted.method} in {time.perf_counter() - start:.1f} s; wrote {out}")

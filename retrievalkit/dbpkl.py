@@ -1,0 +1,107 @@
+"""Importer for the ``db.pkl`` training files of retrieval-SfM-120k / 30k (Radenović et al.).
+
+The public training data of Radenović, Tolias, Chum (ECCV 2016, and the TPAMI 2018 follow-up)
+ships the SfM clustering of its images as a pickled dict with one entry per split
+(``'train'``, ``'val'``), each holding:
+
+``cids``     the image ids; image ``cid`` is the file ``ims/<cid[-2:]>/<cid[-4:-2]>/<cid[-6:-4]>/<cid>``
+             below the dataset folder
+``cluster``  the 3D model (cluster) id of every image
+``qidxs``    query image indices (into ``cids``) ...
+``pidxs``    ... and the positive chosen for each, same length
+
+It has no 3D points, so the database imported here has ``has_points == False``: the m1 and
+random positive miners work, m2/m3 say that they need a database built by ``rkit sfm``
+(:meth:`TrainingDatabase.require_points`). ``qidxs``/``pidxs`` are kept as
+``TrainingDatabase.positive_pairs`` (Q, 2).
+
+The pickle is read with a restricted unpickler that accepts only plain containers, numbers,
+strings and numpy arrays, so a crafted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import RkitError
+from .trainingdb import TrainingDatabase
+
+REQUIRED_KEYS = ("cids", "cluster", "qidxs", "pidxs")
+_ALLOWED_GLOBALS = {
+    ("builtins", "list"), ("builtins", "dict"), ("builtins", "tuple"), ("builtins", "set"),
+    ("builtins", "int"), ("builtins", "float"), ("builtins", "str"), ("builtins", "bytes"),
+    ("collections", "OrderedDict"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a db.pkl")
+
+
+def cid_to_path(cid: str) -> str:
+    """The image file of ``cid`` relative to the dataset folder: ``ims/ab/cd/ef/<cid>``."""
+    cid = str(cid)
+    if len(cid) < 6:
+        raise RkitError(f"image id {cid!r} in the db.pkl is shorter than 6 characters; the file "
+                        f"is not a retrieval-SfM db.pkl")
+    return f"ims/{cid[-2:]}/{cid[-4:-2]}/{cid[-6:-4]}/{cid}"
+
+
+def read_dbpkl(path: str | Path) -> dict[str, Any]:
+    """The dict stored in a ``db.pkl`` (safely unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RkitError(f"{path} does not exist: give the db.pkl of retrieval-SfM-120k or -30k.")
+    try:
+        with open(path, "rb") as fh:
+            data = _SafeUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise RkitError(f"{path} is not a readable retrieval-SfM db.pkl ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise RkitError(f"{path} holds a {type(data).__name__}, not the dict of splits of a db.pkl.")
+    return data
+
+
+def import_dbpkl(path: str | Path, root: str | Path | None = None, split: str = "train") -> TrainingDatabase:
+    """A :class:`TrainingDatabase` (clusters, no 3D points) from one split of a ``db.pkl``.
+
+    ``root`` is the dataset folder holding ``ims/`` (default: the db.pkl's own folder); image
+    paths are stored relative to it. Missing image files are not checked here (the training
+    loader reports and skips them).
+    """
+    path = Path(path)
+    data = read_dbpkl(path)
+    if split not in data:
+        raise RkitError(f"{path} has no split {split!r}; it has {', '.join(map(str, data)) or 'none'}. "
+                        f"Choose one with --split.")
+    entry = data[split]
+    missing = [key for key in REQUIRED_KEYS if key not in entry]
+    if missing:
+        raise RkitError(f"split {split!r} of {path} lacks {', '.join(missing)}; a retrieval-SfM db.pkl "
+                        f"has {', '.join(REQUIRED_KEYS)} per split.")
+    cids = [str(c) for c in entry["cids"]]
+    clusters = np.asarray(entry["cluster"], dtype=np.int64)
+    if len(clusters) != len(cids):
+        raise RkitError(f"split {split!r} of {path}: {len(cids)} cids but {len(clusters)} cluster ids.")
+    qidxs = np.asarray(entry["qidxs"], dtype=np.int64)
+    pidxs = np.asarray(entry["pidxs"], dtype=np.int64)
+    if qidxs.shape != pidxs.shape:
+        raise RkitError(f"split {split!r} of {path}: {len(qidxs)} qidxs but {len(pidxs)} pidxs.")
+    if len(qidxs) and (min(qidxs.min(), pidxs.min()) < 0 or max(qidxs.max(), pidxs.max()) >= len(cids)):
+        raise RkitError(f"split {split!r} of {path}: qidxs/pidxs point outside the {len(cids)} images.")
+    return TrainingDatabase(
+        images=[cid_to_path(c) for c in cids], clusters=clusters,
+        root=Path(root) if root is not None else path.parent,
+        meta={"source": "db.pkl", "dbpkl": str(path), "split": split},
+        positive_pairs=np.stack([qidxs, pidxs], axis=1),
+    )

@@ -1,0 +1,179 @@
+"""Mining training tuples from a training database (Radenović et al. 2016, sec. 3.2; SPEC 4).
+
+Miners are plugins (``rkit_miners`` hook). A miner factory returns an object following one of
+the two protocols below. Everything is plain integer indices of database images
+(``TrainingDatabase.images``); :func:`retrievalkit.tuples.assemble_tuples` joins them into
+``(q, p, n_1 .. n_N)`` rows, so any positive miner combines with any negative miner and any loss.
+
+Every miner has ``role`` (``"positive"`` or ``"negative"``), ``needs_descriptors`` (the trainer
+must extract descriptors with the current network before mining) and ``needs_points`` (it reads
+the 3D points, so a database imported from a ``db.pkl`` cannot serve it; checked before training).
+
+Positive miners (``role == "positive"``)::
+
+    mine(queries, db, descriptors, rng) -> positives
+
+``queries`` int ``(Q,)``; ``db`` the :class:`~retrievalkit.trainingdb.TrainingDatabase`;
+``descriptors`` ``(len(db), D)`` float32 L2-normalised descriptors of the database images
+computed with the current network (``None`` when ``needs_descriptors`` is False; only the rows
+of the queries, their co-observing images M(q) and the negative pool are guaranteed to be
+filled); ``rng`` a ``numpy.random.Generator`` (the only source of randomness). Returns int
+``(Q,)``: one positive per query, ``-1`` where the query has no admissible positive (the
+trainer then drops that query for the epoch).
+
+Negative miners (``role == "negative"``)::
+
+    mine(queries, db, descriptors, num_negatives, rng, pool=None) -> negatives
+
+returns int ``(Q, num_negatives)``. ``pool`` (int array) restricts the candidates to a subset of
+the database (the paper draws a random pool every epoch); ``None`` means every image. A
+negative is never from the query's 3D model (cluster). If the pool holds fewer than
+``num_negatives`` images outside the query's model, :class:`NotEnoughNegatives` is raised:
+the trainer checks this before any work (:func:`check_database`).
+
+Descriptor-based miners find nearest neighbours with one faiss search for all queries
+(:func:`nearest_neighbours`), never a Python loop over the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import faiss
+import numpy as np
+
+from .errors import RkitError
+from .trainingdb import TrainingDatabase
+
+
+class NotEnoughNegatives(RkitError):
+    """The negative pool is too small for the requested number of negatives."""
+
+
+@runtime_checkable
+class PositiveMiner(Protocol):
+    """Chooses one matching image per query (m1, m2, m3, random-positive)."""
+
+    role: Literal["positive"]
+    needs_descriptors: bool
+    needs_points: bool
+
+    def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
+             rng: np.random.Generator) -> np.ndarray: ...
+
+
+@runtime_checkable
+class NegativeMiner(Protocol):
+    """Chooses ``num_negatives`` non-matching images per query (n1, n2, random-negative)."""
+
+    role: Literal["negative"]
+    needs_descriptors: bool
+    needs_points: bool
+
+    def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
+             num_negatives: int, rng: np.random.Generator,
+             pool: np.ndarray | None = None) -> np.ndarray: ...
+
+
+def require_descriptors(descriptors: np.ndarray | None, db: TrainingDatabase, who: str) -> np.ndarray:
+    """``descriptors`` as float32 ``(len(db), D)``; a clear error when missing or misshapen."""
+    if descriptors is None:
+        raise RkitError(f"the {who} miner ranks images by descriptor: the trainer must extract the "
+                        f"pool's descriptors first (its needs_descriptors is True)")
+    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    if descriptors.ndim != 2 or descriptors.shape[0] != len(db):
+        raise RkitError(f"the {who} miner needs one descriptor per database image ({len(db)}), "
+                        f"got an array of shape {descriptors.shape}")
+    return descriptors
+
+
+def resolve_pool(db: TrainingDatabase, pool: np.ndarray | None) -> np.ndarray:
+    """The candidate negatives: ``pool`` (sorted, unique) or every database image."""
+    if pool is None:
+        return np.arange(len(db), dtype=np.int64)
+    return np.unique(np.asarray(pool, dtype=np.int64))
+
+
+def negatives_available(db: TrainingDatabase, queries: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """For each query, how many pool images lie outside its 3D model."""
+    pool_clusters = db.clusters[pool]
+    counts = {int(c): int(n) for c, n in zip(*np.unique(pool_clusters, return_counts=True))}
+    query_clusters = db.clusters[np.asarray(queries, dtype=np.int64)]
+    return np.asarray([len(pool) - counts.get(int(c), 0) for c in query_clusters], dtype=np.int64)
+
+
+def check_enough_negatives(db: TrainingDatabase, queries: np.ndarray, pool: np.ndarray, num_negatives: int) -> None:
+    """Raise :class:`NotEnoughNegatives` if some query has fewer than ``num_negatives`` candidates."""
+    available = negatives_available(db, queries, pool)
+    if len(available) and available.min() < num_negatives:
+        worst = int(np.asarray(queries)[int(available.argmin())])
+        raise NotEnoughNegatives(
+            f"{num_negatives} negatives per query were asked for, but query {db.images[worst]} has only "
+            f"{int(available.min())} candidate images outside its 3D model in the pool "
+            f"({len(pool)} images, {len(np.unique(db.clusters[pool]))} models). Lower --num-negatives, "
+            f"enlarge --pool-size, or use a database with more 3D models."
+        )
+
+
+def nearest_neighbours(descriptors: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
+                       k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` candidates closest to each query by inner product (= Euclidean for L2-normalised).
+
+    One exact faiss search (``IndexFlatIP``) over ``descriptors[candidates]`` for all queries.
+    Returns ``(similarities (Q, k), ids (Q, k))`` with ids as database indices, best first;
+    ``-1`` where fewer than ``k`` candidates exist.
+    """
+    candidates = np.asarray(candidates, dtype=np.int64)
+    queries = np.asarray(queries, dtype=np.int64)
+    k = int(min(k, len(candidates)))
+    if k <= 0 or len(queries) == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    index = faiss.IndexFlatIP(descriptors.shape[1])
+    index.add(np.ascontiguousarray(descriptors[candidates], dtype=np.float32))
+    sims, local = index.search(np.ascontiguousarray(descriptors[queries], dtype=np.float32), k)
+    ids = np.where(local >= 0, candidates[np.clip(local, 0, None)], -1)
+    return sims, ids
+
+
+def ranked_negatives(db: TrainingDatabase, descriptors: np.ndarray, queries: np.ndarray,
+                     pool: np.ndarray, k: int) -> np.ndarray:
+    """The pool images nearest to each query with the query's own model removed, ``(Q, <=k)``.
+
+    Searches ``k`` plus the size of the largest model in the pool, so that after removing the
+    query's model at least ``k`` remain (when the pool has them); removed slots become ``-1``
+    and are pushed to the end of each row.
+    """
+    largest_model = int(np.unique(db.clusters[pool], return_counts=True)[1].max()) if len(pool) else 0
+    _, ids = nearest_neighbours(descriptors, queries, pool, k + largest_model)
+    same_model = (ids < 0) | (db.clusters[np.clip(ids, 0, None)] == db.clusters[queries][:, None])
+    order = np.argsort(same_model, axis=1, kind="stable")  # valid ids first, rank order kept
+    ids = np.take_along_axis(np.where(same_model, -1, ids), order, axis=1)
+    return ids[:, :k]
+
+
+def first_per_model(db: TrainingDatabase, ranked: np.ndarray, count: int) -> np.ndarray:
+    """From each row of ranked ids (``-1`` = empty), keep the first image of each model.
+
+    Returns ``(Q, count)`` filled with ``-1`` where the row holds fewer than ``count`` models.
+    Vectorised: an id is kept when it is the first occurrence of its (row, model) pair.
+    """
+    ranked = np.asarray(ranked, dtype=np.int64)
+    num_rows, width = ranked.shape
+    clusters = np.where(ranked >= 0, db.clusters[np.clip(ranked, 0, None)], -1)
+    # one key per (row, model); np.unique's return_index gives each key's first (best) position
+    keys = np.repeat(np.arange(num_rows, dtype=np.int64), width) * (int(db.clusters.max()) + 2) \
+        + clusters.ravel() + 1
+    first = np.zeros(num_rows * width, dtype=bool)
+    first[np.unique(keys, return_index=True)[1]] = True
+    first = first.reshape(num_rows, width) & (ranked >= 0)
+    order = np.argsort(~first, axis=1, kind="stable")
+    kept = np.take_along_axis(np.where(first, ranked, -1), order, axis=1)[:, :count]
+    if kept.shape[1] < count:
+        kept = np.pad(kept, ((0, 0), (0, count - kept.shape[1])), constant_values=-1)
+    return kept
+
+
+def candidate_lists(db: TrainingDatabase, queries: Sequence[int]) -> list[np.ndarray]:
+    """M(q) for each query (SPEC 4)."""
+    return [db.co_observing(int(q)) for q in queries]

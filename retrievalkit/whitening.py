@@ -1,0 +1,520 @@
+"""Whitening and dimension reduction of global descriptors (SPEC section 2).
+
+A whitening is an affine map learned on training descriptors (never on the test data):
+
+    psi(f) = L2( P (f - m) )        P: (D_out, D_in) projection, m: (D_in,) mean
+
+This module holds what every whitening method shares:
+
+* :class:`WhiteningData`: the training material, descriptors plus the supervision a method
+  needs (matching / non-matching pairs, or labels from which pairs are made);
+* :class:`FittedWhitening`: the learned ``m`` and ``P``, applied in NumPy (:meth:`apply`) or as
+  a ``torch.nn.Linear`` with weight ``P`` and bias ``-P m`` (:meth:`to_linear`) so a model can
+  carry it end to end, saved as a small ``.npz`` (:meth:`save`, :meth:`load`);
+* the linear algebra, written once: :func:`covariance`, :func:`pair_scatter` (the C_S / C_D of
+  Radenović et al. 2016, learned whitening), :func:`principal_axes` (PCA by a symmetric
+  eigen-solver), :func:`inverse_sqrt_psd` (C^(-1/2) with a ridge) and :func:`numerical_rank`;
+* :func:`fit_whitening`: choose a method by its plugin name (``none``, ``pca``, ``learned``).
+
+The methods themselves are plugins (``plugins/retrievalkit_builtins/whitenings/``). All fits
+run in float64; :meth:`FittedWhitening.apply` also computes in float64 and returns float32.
+
+Choices where SPEC is silent (written down here as it asks):
+
+* covariances are means (divided by N, the number of descriptors or pairs), not N - 1;
+* the ridge is relative: ``C + ridge * trace(C) / D * I``, so it does not depend on the scale of
+  the descriptors;
+* an output dimension larger than the number of meaningful directions the training data can
+  give (its numerical rank; at most N - 1 for N training descriptors) is an error, never a silent
+  padding with arbitrary directions. ``dim=None`` keeps every meaningful direction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path
+from .components import ComponentSpec
+from .errors import RkitError
+
+WHITENING_FORMAT_VERSION = 1
+
+#: Rows processed at once when a product would otherwise need an (N, D) float64 copy.
+CHUNK_ROWS = 65536
+
+#: Default cap on the number of pairs :meth:`WhiteningData.from_labels` makes of each kind.
+DEFAULT_MAX_PAIRS = 200_000
+
+
+# -- training material ---------------------------------------------------------------------
+
+def _as_pairs(pairs: Any, n: int, what: str) -> np.ndarray | None:
+    if pairs is None:
+        return None
+    array = np.asarray(pairs)
+    if array.size == 0:
+        array = array.reshape(0, 2)
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise RkitError(f"{what} must be an (P, 2) array of descriptor indices, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.equal(np.mod(array, 1), 0)):
+            raise RkitError(f"{what} must hold integer descriptor indices, got {array.dtype} values")
+        array = array.astype(np.int64)
+    array = array.astype(np.int64, copy=False)
+    if array.size and (array.min() < 0 or array.max() >= n):
+        raise RkitError(
+            f"{what} refer to descriptor {int(array.max()) if array.max() >= n else int(array.min())}, "
+            f"but there are only {n} descriptors (indices 0..{n - 1}): check that the pairs were made "
+            f"for this descriptors file"
+        )
+    return array
+
+
+#: Above this many pairs in all, :func:`pairs_from_labels` samples instead of enumerating.
+ENUMERATE_LIMIT = 5_000_000
+
+
+def pairs_from_labels(labels: Sequence[Any], *, max_pairs: int | None = DEFAULT_MAX_PAIRS,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """All same-label pairs (positives) and all different-label pairs (negatives), ``i < j``.
+
+    When there are more than ``max_pairs`` pairs of a kind, a uniform sample of ``max_pairs``
+    distinct pairs of that kind is drawn with ``seed`` (reproducible); ``None`` keeps all. Pairs
+    are sorted. Large collections (more than ``ENUMERATE_LIMIT`` pairs in all) are sampled
+    without listing every pair, so memory stays proportional to ``max_pairs``.
+    """
+    codes = np.unique(np.asarray([str(label) for label in labels]), return_inverse=True)[1].ravel()
+    n = len(codes)
+    rng = np.random.default_rng(seed)
+    total = n * (n - 1) // 2
+    class_sizes = np.bincount(codes) if n else np.zeros(0, np.int64)
+    n_positive = int((class_sizes * (class_sizes - 1) // 2).sum())
+    n_negative = total - n_positive
+    if max_pairs is None and total > ENUMERATE_LIMIT:
+        raise RkitError(f"{n} labelled descriptors make {total} pairs, too many to use all: "
+                        f"give a maximum number of pairs (--max-pairs)")
+    if total <= ENUMERATE_LIMIT:
+        first, second = np.triu_indices(n, k=1)
+        same = codes[first] == codes[second]
+
+        def pick(mask: np.ndarray) -> np.ndarray:
+            pairs = np.stack([first[mask], second[mask]], axis=1).astype(np.int64)
+            if max_pairs is not None and len(pairs) > max_pairs:
+                pairs = pairs[np.sort(rng.choice(len(pairs), size=max_pairs, replace=False))]
+            return pairs.reshape(-1, 2)
+
+        return pick(same), pick(~same)
+    assert max_pairs is not None
+    members = [np.flatnonzero(codes == c) for c in range(len(class_sizes))]
+    weights = class_sizes * (class_sizes - 1) / 2.0
+
+    def draw_positive(k: int) -> np.ndarray:
+        # a class with probability C(n_c, 2) / n_positive, then two of its members: uniform
+        classes = rng.choice(len(class_sizes), size=k, p=weights / weights.sum())
+        offset = rng.random((k, 2))
+        a = (offset[:, 0] * class_sizes[classes]).astype(np.int64)
+        b = (offset[:, 1] * (class_sizes[classes] - 1)).astype(np.int64)
+        b = b + (b >= a)  # a different member
+        return np.stack([[members[c][i] for c, i in zip(classes, a)],
+                         [members[c][j] for c, j in zip(classes, b)]], axis=1)
+
+    def draw_negative(k: int) -> np.ndarray:
+        pairs = rng.integers(0, n, size=(k, 2))
+        return pairs[codes[pairs[:, 0]] != codes[pairs[:, 1]]]
+
+    def sample(count: int, draw: Any) -> np.ndarray:
+        want = max_pairs  # < count: the draws below rarely repeat a pair
+        found = np.zeros((0, 2), np.int64)
+        while len(found) < want:
+            pairs = np.sort(draw(2 * (want - len(found)) + 16), axis=1)
+            found = np.unique(np.concatenate([found, pairs.astype(np.int64)]), axis=0)
+        return found[np.sort(rng.choice(len(found), size=want, replace=False))]
+
+    def enumerate_between(same: bool) -> np.ndarray:
+        # every pair of the kind, class by class (used when there are at most max_pairs of them)
+        blocks = []
+        for c, mc in enumerate(members):
+            for d in ([c] if same else range(c + 1, len(members))):
+                a, b = np.meshgrid(mc, members[d], indexing="ij")
+                block = np.stack([a.ravel(), b.ravel()], axis=1)
+                blocks.append(block[block[:, 0] < block[:, 1]] if same else np.sort(block, axis=1))
+        pairs = np.concatenate(blocks) if blocks else np.zeros((0, 2), np.int64)
+        return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))].astype(np.int64)
+
+    positives = sample(n_positive, draw_positive) if n_positive > max_pairs else enumerate_between(True)
+    negatives = sample(n_negative, draw_negative) if n_negative > max_pairs else enumerate_between(False)
+    return positives.reshape(-1, 2), negatives.reshape(-1, 2)
+
+
+@dataclasses.dataclass
+class WhiteningData:
+    """Descriptors to learn a whitening from, with the supervision a method may need.
+
+    Attributes:
+        descriptors: ``(N, D)`` training descriptors (L2-normalised pooled descriptors).
+        positive_pairs: ``(P, 2)`` row indices of matching pairs (the set S), or ``None``.
+        negative_pairs: ``(Q, 2)`` row indices of non-matching pairs (the set D), or ``None``.
+        labels: ``(N,)`` a class per descriptor (e.g. the landmark folder), or ``None``.
+    """
+
+    descriptors: np.ndarray
+    positive_pairs: np.ndarray | None = None
+    negative_pairs: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        x = np.asarray(self.descriptors)
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+            raise RkitError(f"whitening needs an (N, D) matrix of descriptors, got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise RkitError("the training descriptors contain NaN or infinite values: re-extract them")
+        self.descriptors = x
+        n = x.shape[0]
+        self.positive_pairs = _as_pairs(self.positive_pairs, n, "positive (matching) pairs")
+        self.negative_pairs = _as_pairs(self.negative_pairs, n, "negative (non-matching) pairs")
+        if self.labels is not None:
+            self.labels = np.asarray(self.labels)
+            if self.labels.shape != (n,):
+                raise RkitError(f"labels must give one label per descriptor ({n}), got shape {self.labels.shape}")
+
+    @property
+    def count(self) -> int:
+        return int(self.descriptors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.descriptors.shape[1])
+
+    @property
+    def has_pairs(self) -> bool:
+        return self.positive_pairs is not None and self.negative_pairs is not None
+
+    @classmethod
+    def from_labels(cls, descriptors: np.ndarray, labels: Sequence[Any], *,
+                    max_pairs: int | None = DEFAULT_MAX_PAIRS, seed: int = 0) -> WhiteningData:
+        """Pairs from labels: same label = matching, different label = non-matching (see
+        :func:`pairs_from_labels`)."""
+        positives, negatives = pairs_from_labels(labels, max_pairs=max_pairs, seed=seed)
+        return cls(descriptors, positives, negatives, np.asarray([str(label) for label in labels]))
+
+    def with_pairs_from_labels(self, *, max_pairs: int | None = DEFAULT_MAX_PAIRS, seed: int = 0) -> WhiteningData:
+        """This data, with pairs made from its labels where pairs were not given."""
+        if self.has_pairs or self.labels is None:
+            return self
+        positives, negatives = pairs_from_labels(list(self.labels), max_pairs=max_pairs, seed=seed)
+        return WhiteningData(self.descriptors,
+                             self.positive_pairs if self.positive_pairs is not None else positives,
+                             self.negative_pairs if self.negative_pairs is not None else negatives,
+                             self.labels)
+
+
+def read_pairs_file(path: str | Path, paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read a pairs file: one pair per line, ``A<TAB>B<TAB>LABEL``.
+
+    ``A`` and ``B`` are row indices of the descriptors file or image paths as stored in it;
+    ``LABEL`` is ``1`` for a matching pair and ``0`` for a non-matching one. Fields may be
+    separated by tabs or, when no tab is present on the line, by spaces. Blank lines and lines
+    starting with ``#`` are ignored. Returns ``(positive_pairs, negative_pairs)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RkitError(f"pairs file {path} does not exist: write one pair per line as A<TAB>B<TAB>1|0")
+    index_of = {p: i for i, p in enumerate(paths)}
+    positives: list[tuple[int, int]] = []
+    negatives: list[tuple[int, int]] = []
+
+    def resolve(token: str, lineno: int) -> int:
+        if token in index_of:
+            return index_of[token]
+        if token.lstrip("-").isdigit():
+            value = int(token)
+            if 0 <= value < len(paths):
+                return value
+            raise RkitError(f"{path}:{lineno}: index {value} is out of range: the descriptors file has "
+                            f"{len(paths)} rows (0..{len(paths) - 1})")
+        raise RkitError(f"{path}:{lineno}: {token!r} is neither a row index nor a path of the descriptors "
+                        f"file: use the paths exactly as `rkit extract` stored them (or row indices)")
+
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
+        if len(fields) != 3 or fields[2] not in {"0", "1"}:
+            raise RkitError(f"{path}:{lineno}: expected A<TAB>B<TAB>1|0 (1 = matching, 0 = non-matching), "
+                            f"got {line!r}")
+        pair = (resolve(fields[0], lineno), resolve(fields[1], lineno))
+        (positives if fields[2] == "1" else negatives).append(pair)
+    as_array = lambda pairs: np.asarray(pairs, dtype=np.int64).reshape(-1, 2)  # noqa: E731
+    return as_array(positives), as_array(negatives)
+
+
+# -- shared linear algebra -----------------------------------------------------------------
+
+def _chunks(n: int, size: int = CHUNK_ROWS) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def covariance(x: np.ndarray, mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance ``mean over i of (x_i - m)(x_i - m)^T`` in float64 (divided by N)."""
+    n, d = x.shape
+    m = x.mean(axis=0, dtype=np.float64) if mean is None else np.asarray(mean, dtype=np.float64)
+    cov = np.zeros((d, d), dtype=np.float64)
+    for rows in _chunks(n):
+        centred = x[rows].astype(np.float64) - m
+        cov += centred.T @ centred
+    return m, cov / n
+
+
+def pair_scatter(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """``mean over (i, j) in pairs of (x_i - x_j)(x_i - x_j)^T`` in float64.
+
+    This is C_S (matching pairs) or C_D (non-matching pairs) of the learned whitening of
+    Radenović et al. 2016 (section "Whitening and dimensionality reduction").
+    """
+    d = x.shape[1]
+    scatter = np.zeros((d, d), dtype=np.float64)
+    for rows in _chunks(len(pairs)):
+        diff = x[pairs[rows, 0]].astype(np.float64) - x[pairs[rows, 1]].astype(np.float64)
+        scatter += diff.T @ diff
+    return scatter / len(pairs)
+
+
+def symmetric_eig_descending(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (decreasing) and eigenvectors (columns) of a symmetric matrix, by ``eigh``.
+
+    Each eigenvector's sign is fixed so that its entry of largest magnitude is positive, so a fit
+    is reproducible across LAPACK builds.
+    """
+    sym = (matrix + matrix.T) / 2.0
+    values, vectors = np.linalg.eigh(sym)
+    values, vectors = values[::-1].copy(), vectors[:, ::-1].copy()
+    largest = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])]
+    vectors *= np.where(largest < 0, -1.0, 1.0)
+    return values, vectors
+
+
+def numerical_rank(eigenvalues: np.ndarray, size: int | None = None) -> int:
+    """Number of eigenvalues of a PSD matrix that are not zero up to float64 round-off.
+
+    The tolerance is NumPy's ``matrix_rank`` one: ``max eigenvalue * size * eps``.
+    """
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    if values.size == 0 or values.max() <= 0:
+        return 0
+    tol = values.max() * (size or values.size) * np.finfo(np.float64).eps
+    return int(np.count_nonzero(values > tol))
+
+
+def principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """PCA of the rows of ``x``: ``(mean, eigenvalues decreasing, eigenvectors as columns, rank)``."""
+    mean, cov = covariance(x)
+    values, vectors = symmetric_eig_descending(cov)
+    return mean, values, vectors, numerical_rank(values, cov.shape[0])
+
+
+def inverse_sqrt_psd(matrix: np.ndarray, ridge: float = 0.0) -> np.ndarray:
+    """``(C + ridge * trace(C) / D * I)^(-1/2)`` of a symmetric PSD matrix, by ``eigh``.
+
+    Raises :class:`RkitError` when the (regularised) matrix is singular.
+    """
+    d = matrix.shape[0]
+    values, vectors = symmetric_eig_descending(matrix)
+    values = values + ridge * float(np.trace(matrix)) / d
+    if numerical_rank(values, d) < d or values.min() <= 0:
+        raise RkitError(
+            f"the matrix to invert is singular (rank {numerical_rank(values, d)} of {d}): "
+            f"use a positive ridge (e.g. learned:ridge=0.01) or more training pairs"
+        )
+    return (vectors / np.sqrt(values)) @ vectors.T
+
+
+def check_output_dim(dim: int | None, rank: int, what: str, hint: str) -> int:
+    """The output dimension to keep: ``dim``, or every meaningful direction when ``None``.
+
+    ``rank`` is the number of meaningful directions the training data gives; asking for more is
+    a :class:`RkitError` that says how many there are and what to do.
+    """
+    if dim is not None and dim <= 0:
+        raise RkitError(f"the output dimension must be positive, got dim={dim}")
+    if rank <= 0:
+        raise RkitError(f"{what}: the training data gives no meaningful direction ({hint})")
+    if dim is None:
+        return rank
+    if dim > rank:
+        raise RkitError(
+            f"{what} can give at most {rank} meaningful dimensions from this training data, but "
+            f"dim={dim} was asked for: use --dim {rank} or less, or learn it on more descriptors "
+            f"({hint})"
+        )
+    return dim
+
+
+# -- the fitted whitening ------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FittedWhitening:
+    """A learned whitening ``psi(f) = L2(P (f - m))``.
+
+    Attributes:
+        mean: ``(D_in,)`` the training mean ``m``.
+        projection: ``(D_out, D_in)`` the matrix ``P`` (rows in order of importance, so keeping
+            the first rows reduces the dimension).
+        method: the component spec that made it (``pca``, ``learned:rotation=negatives`` ...).
+        meta: JSON-serialisable facts: dims, rank, counts, eigenvalues, source file ...
+    """
+
+    mean: np.ndarray
+    projection: np.ndarray
+    method: str
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.mean = np.asarray(self.mean, dtype=np.float64).reshape(-1)
+        self.projection = np.asarray(self.projection, dtype=np.float64)
+        if self.projection.ndim != 2 or self.projection.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"projection must be (D_out, {self.mean.shape[0]}), got {self.projection.shape}")
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.projection.shape[1])
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.projection.shape[0])
+
+    @property
+    def bias(self) -> np.ndarray:
+        """``-P m``: the bias of the equivalent linear layer."""
+        return -(self.projection @ self.mean)
+
+    def truncated(self, dim: int) -> FittedWhitening:
+        """The same whitening keeping only the first ``dim`` output dimensions."""
+        if not 0 < dim <= self.out_dim:
+            raise RkitError(f"cannot keep {dim} dimensions of a whitening with {self.out_dim} outputs: "
+                            f"choose 1..{self.out_dim}")
+        meta = {**self.meta, "out_dim": dim}
+        return FittedWhitening(self.mean, self.projection[:dim], self.method, meta)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Whiten ``(N, D_in)`` descriptors (or one ``(D_in,)``): project, then L2-normalise.
+
+        Computed in float64, returned as float32. A row that projects to zero stays zero.
+        """
+        x = np.asarray(x)
+        single = x.ndim == 1
+        x2 = x.reshape(1, -1) if single else x
+        if x2.ndim != 2 or x2.shape[1] != self.in_dim:
+            raise RkitError(
+                f"this whitening expects {self.in_dim}-D descriptors but got shape {x.shape}: fit it "
+                f"on descriptors from the same model (backbone and pooling) as the ones you apply it to"
+            )
+        out = np.empty((x2.shape[0], self.out_dim), dtype=np.float32)
+        for rows in _chunks(x2.shape[0]):
+            y = (x2[rows].astype(np.float64) - self.mean) @ self.projection.T
+            norms = np.linalg.norm(y, axis=1, keepdims=True)
+            out[rows] = y / np.maximum(norms, np.finfo(np.float64).tiny)
+        return out[0] if single else out
+
+    def to_linear(self) -> Any:
+        """The whitening as a ``torch.nn.Linear(D_in, D_out)`` with weight ``P`` and bias ``-P m``.
+
+        ``RetrievalModel.set_whitening(w.to_linear())`` makes the model output ``apply``'s result
+        (the model re-normalises after the layer).
+        """
+        import torch
+        from torch import nn
+
+        layer = nn.Linear(self.in_dim, self.out_dim, bias=True)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(self.projection).float())
+            layer.bias.copy_(torch.from_numpy(self.bias).float())
+        return layer
+
+    def describe(self, file: str | Path | None = None) -> dict[str, Any]:
+        """A short record for the ``meta`` of descriptors whitened with this whitening."""
+        record: dict[str, Any] = {"method": self.method, "in_dim": self.in_dim, "out_dim": self.out_dim}
+        if self.meta.get("source"):
+            record["source"] = self.meta["source"]
+        if file is not None:
+            record["file"] = str(file)
+        return record
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``mean``, ``projection``, ``method`` and ``meta`` (JSON) to ``path`` (``.npz``),
+        atomically."""
+        path = Path(path)
+        meta = {"format_version": WHITENING_FORMAT_VERSION, **self.meta,
+                "method": self.method, "in_dim": self.in_dim, "out_dim": self.out_dim}
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, mean=self.mean, projection=self.projection,
+                     method=np.asarray(self.method), meta=np.asarray(json.dumps(meta, default=_jsonable)))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FittedWhitening:
+        """Read a whitening written by :meth:`save` (``rkit whiten fit``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise RkitError(f"whitening file {path} does not exist: create it with `rkit whiten fit`")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                mean, projection = data["mean"], data["projection"]
+                method = str(data["method"])
+                meta = json.loads(str(data["meta"]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise RkitError(f"{path} is not a whitening file written by `rkit whiten fit` ({exc})") from exc
+        if meta.get("format_version", 0) > WHITENING_FORMAT_VERSION:
+            raise RkitError(f"{path} was written by a newer retrievalkit (format "
+                            f"{meta['format_version']}): upgrade retrievalkit to read it")
+        return cls(mean, projection, method, meta)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+# -- choosing a method ---------------------------------------------------------------------
+
+NEEDS_HELP = {
+    "pairs": "matching and non-matching pairs: give labels (e.g. --labels folder) or a pairs file (--pairs FILE)",
+    "labels": "a label per descriptor: give --labels folder or a labels file",
+    "descriptors": "only descriptors",
+}
+
+
+def fit_whitening(spec: str | ComponentSpec, data: WhiteningData, dim: int | None = None,
+                  host: Any | None = None) -> FittedWhitening:
+    """Learn the whitening named by ``spec`` (``none``, ``pca``, ``learned:rotation=all`` ...).
+
+    ``dim`` is the output dimension (``None``: every meaningful direction); it may also be
+    written in the spec (``pca:dim=128``), but not both with different values. A method that
+    needs pairs gets them from ``data.labels`` when no pairs were given.
+    """
+    from .plugins import get_host
+
+    if isinstance(spec, str):
+        spec = ComponentSpec.parse(spec)
+    if dim is not None and "dim" in spec.options and spec.options["dim"] not in {str(dim), "none", "None"}:
+        raise RkitError(f"two output dimensions given: dim={dim} and {spec}: give only one")
+    host = host or get_host()
+    method = host.build("whitening", spec, **({"dim": dim} if dim is not None else {}))
+    needs = getattr(method, "needs", "descriptors")
+    if needs == "pairs":
+        data = data.with_pairs_from_labels()
+        if data.positive_pairs is None and data.negative_pairs is None:
+            raise RkitError(f"whitening {spec.name!r} needs {NEEDS_HELP['pairs']}")
+    elif needs == "labels" and data.labels is None:
+        raise RkitError(f"whitening {spec.name!r} needs {NEEDS_HELP['labels']}")
+    return method.fit(data)

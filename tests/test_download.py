@@ -1,0 +1,106 @@
+"""The downloader against a local http.server on 127.0.0.1 (no network)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from retrievalkit.download import DownloadError, cache_dir, download, sha256_prefix_from_name
+from retrievalkit.weights import load_backbone_weights
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """Serve ``tmp_path / "www"`` on 127.0.0.1; yields (folder, base URL)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(www))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _state_dict_bytes() -> tuple[dict[str, torch.Tensor], bytes]:
+    state = {"weight": torch.arange(6, dtype=torch.float32).view(2, 3), "bias": torch.tensor([0.5, -0.5])}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return state, buffer.getvalue()
+
+
+def _publish(www: Path, stem: str, data: bytes) -> str:
+    """Store ``data`` as ``stem-<sha256 prefix>.pth`` (torchvision's naming) and return the name."""
+    name = f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    (www / name).write_bytes(data)
+    return name
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RKIT_CACHE", str(tmp_path / "c"))
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("RKIT_CACHE")
+    assert cache_dir() == Path.home() / ".cache" / "retrievalkit"
+
+
+def test_sha256_prefix_from_torchvision_style_names() -> None:
+    assert sha256_prefix_from_name("alexnet-owt-7be5be79.pth") == "7be5be79"
+    assert sha256_prefix_from_name("resnet50-0676ba61.pth") == "0676ba61"
+    assert sha256_prefix_from_name("weights.pth") is None
+
+
+def test_download_verifies_caches_and_loads(server, tmp_path, monkeypatch) -> None:
+    www, base = server
+    monkeypatch.setenv("RKIT_CACHE", str(tmp_path / "cache"))
+    state, data = _state_dict_bytes()
+    name = _publish(www, "tiny", data)
+    path = download(f"{base}/{name}", progress=False)
+    assert path == tmp_path / "cache" / name and path.read_bytes() == data
+    assert [p.name for p in path.parent.iterdir()] == [name]  # no temporary file left behind
+    (www / name).unlink()  # the second call must not need the server
+    assert download(f"{base}/{name}", progress=False) == path
+
+    module = torch.nn.Linear(3, 2)
+    load_backbone_weights(module, "imagenet", imagenet_url=f"{base}/{name}")
+    torch.testing.assert_close(module.weight, state["weight"])
+    torch.testing.assert_close(module.bias, state["bias"])
+
+
+def test_checksum_mismatch_keeps_nothing(server, tmp_path) -> None:
+    www, base = server
+    _, data = _state_dict_bytes()
+    (www / "tiny-deadbeef.pth").write_bytes(data)  # the name promises another file
+    with pytest.raises(DownloadError, match="damaged or not the expected one"):
+        download(f"{base}/tiny-deadbeef.pth", directory=tmp_path / "out", progress=False)
+    assert list((tmp_path / "out").iterdir()) == []
+    # an explicit digest works too, and sha256=None skips the check
+    good = download(f"{base}/tiny-deadbeef.pth", directory=tmp_path / "out", progress=False, sha256=None)
+    assert good.read_bytes() == data
+
+
+def test_http_404_is_a_clear_error_with_the_hint(server, tmp_path) -> None:
+    _, base = server
+    with pytest.raises(DownloadError) as info:
+        download(f"{base}/missing-12345678.pth", directory=tmp_path, progress=False, hint="Use --weights none.")
+    assert "HTTP 404" in str(info.value) and str(info.value).endswith("Use --weights none.")
+    assert not (tmp_path / "missing-12345678.pth").exists()
+
+
+def test_unreachable_host_is_a_clear_error(tmp_path) -> None:
+    # port 9 on 127.0.0.1 (discard) has no HTTP server: the connection is refused
+    with pytest.raises(DownloadError, match="cannot download .* unreachable. Try PATH"):
+        download("http://127.0.0.1:9/x-12345678.pth", directory=tmp_path, progress=False, hint="Try PATH.",
+                 timeout=5)
