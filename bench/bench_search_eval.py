@@ -60,8 +60,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     truth = None
     configs = [("flat", {}), ("ivf", {"nprobe": 1}), ("ivf", {"nprobe": 8}), ("ivf", {"nprobe": 32}),
-               ("ivfpq", {"pq_m": 16, "nprobe": 8}), ("ivfpq", {"pq_m": 32, "nprobe": 8}),
-               ("ivfpq", {"pq_m": 32, "nprobe": 32})]
+               ("ivfpq", {"pq_m": 8, "nprobe": 8}), ("ivfpq", {"pq_m": 16, "nprobe": 8}),
+               ("ivfpq", {"pq_m": 16, "nprobe": 32})]
     built: dict[tuple, faiss.Index] = {}
     build_seconds: dict[tuple, float] = {}
     for kind, options in configs:

@@ -156,7 +156,7 @@ def markdown(results: dict) -> str:
         lines.append("|---|" + "---|" * (len(dims) + 1))
         for name, cells in res["maps"].items():
             if name.startswith("none"):
-                row = ["same as raw"] * len(dims) + [f"{_cell(cells['full'])} (1280 D)"]
+                row = ["–"] * len(dims) + [f"{_cell(cells['full'])} (1280 D)"]
             else:
                 r = ranks[name]
                 row = [_cell(cells[str(d)]) if any(v is not None for v in cells[str(d)])

@@ -3,8 +3,9 @@
 Generates a set (``retrievalkit.synth.generate_synthetic``), runs COLMAP SIFT extraction,
 exhaustive matching and incremental mapping on all scenes together (as `rkit sfm` would), and
 reports, per scene, how many views were registered in its largest model, whether any model mixes
-scenes, the camera-centre error after a similarity alignment to the true cameras (relative to
-the mean camera distance from the scene centre), and the timings.
+scenes, the camera-centre RMS error after a similarity alignment to the true cameras (relative
+to the true cameras' mean distance from their centroid), how well the true overlaps and
+scale changes (``synthetic_ground_truth``) rank like the recovered ones, and the timings.
 
     nice -n 10 python bench/synth_sfm.py --preset tiny --work /tmp/synth-sfm-tiny
     nice -n 10 python bench/synth_sfm.py --preset default --work /tmp/synth-sfm-default

@@ -152,7 +152,7 @@ def command_defaults(command: click.Command, keys: Mapping[str, Any], *, strict:
         key = raw_key.replace("-", "_")
         param = by_key.get(key)
         if param is None:
-            if strict is True or (not isinstance(strict, bool) and raw_key in strict):
+            if strict is True or (isinstance(strict, set) and raw_key in strict):
                 close = difflib.get_close_matches(key, list(by_key), n=2, cutoff=0.6)
                 hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
                 known = ", ".join(sorted({p.name for p in by_key.values() if p.name})) or "none"
@@ -174,7 +174,7 @@ def _command_path(ctx: click.Context) -> list[str]:
     return list(reversed(names))
 
 
-def _layer_keys(ctx: click.Context, data: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+def _layer_keys(ctx: click.Context, data: Mapping[str, Any]) -> tuple[dict[str, Any], set[str]]:
     """The keys of one config file for the command of ``ctx`` (see :func:`table_for`)."""
     names: dict[str, set[str]] = {}
     group_ctx = ctx.parent
@@ -316,18 +316,31 @@ def format_resolved_config(ctx: click.Context, extra: Mapping[str, Any] | None =
     return "\n".join(lines) + "\n"
 
 
-def write_resolved_config(path: str | Path, ctx: click.Context | None = None,
+def resolved_config_path(output: str | Path) -> Path:
+    """Where the resolved configuration of a run that wrote ``output`` goes.
+
+    A ``.toml`` path is used as is; a directory (or a path without suffix) gets
+    ``rkit-config.toml`` inside; an output file gets a sibling ``<stem>.rkit-config.toml``
+    (``runs/db.npz`` -> ``runs/db.rkit-config.toml``).
+    """
+    path = Path(output)
+    if path.suffix == ".toml":
+        return path
+    if path.is_dir() or not path.suffix:
+        return path / RESOLVED_CONFIG_NAME
+    return path.with_name(f"{path.stem}.{RESOLVED_CONFIG_NAME}")
+
+
+def write_resolved_config(output: str | Path, ctx: click.Context | None = None,
                           extra: Mapping[str, Any] | None = None) -> Path:
     """Write the configuration the current command resolved to, as TOML, atomically.
 
-    ``path`` is a file, or a directory (then ``rkit-config.toml`` inside it). ``ctx`` defaults
-    to the current click context. The file can be passed back with ``--config`` to repeat the
-    run; each value carries a comment saying where it came from. ``extra`` facts (e.g. the
-    number of images) are written as comments.
+    ``output`` is the run's output folder or file (see :func:`resolved_config_path`); ``ctx``
+    defaults to the current click context. The file can be passed back with ``--config`` to
+    repeat the run; each value carries a comment saying where it came from. ``extra`` facts
+    (e.g. the number of images) are written as comments. Returns the path written.
     """
     ctx = ctx or click.get_current_context()
-    path = Path(path)
-    if path.is_dir() or not path.suffix:
-        path = path / RESOLVED_CONFIG_NAME
+    path = resolved_config_path(output)
     write_text_atomic(path, format_resolved_config(ctx, extra))
     return path

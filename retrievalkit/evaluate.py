@@ -86,22 +86,31 @@ _BLOCK_ENTRIES = 2 ** 24
 
 def _statistics_block(is_positive: np.ndarray, is_junk: np.ndarray | None, n_positives: np.ndarray,
                       ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    kept = np.ones_like(is_positive) if is_junk is None else ~is_junk
-    positive = is_positive & kept
-    rank = np.cumsum(kept, axis=1) - 1                      # 0-based rank without junk
-    index = np.cumsum(positive, axis=1) - 1                 # k - 1 at the k-th positive
-    safe_rank = np.maximum(rank, 1)                         # (junk entries may have rank -1)
-    before = np.where(rank == 0, 1.0, index / safe_rank)    # p_{k-1}
-    at = (index + 1) / np.maximum(rank + 1, 1)              # p_k
-    area = np.where(positive, (before + at) / 2.0, 0.0).sum(axis=1)
+    """The formulas over one block of queries, evaluated only at the positives' positions."""
+    n_rows = is_positive.shape[0]
+    positive = is_positive if is_junk is None else is_positive & ~is_junk
+    query, column = np.nonzero(positive)              # row-major: by query, then by position
+    if is_junk is None:
+        rank = column.astype(np.int64)
+    else:                                             # 0-based rank once junk is removed
+        junk_so_far = np.cumsum(is_junk, axis=1, dtype=np.int64)
+        rank = column - junk_so_far[query, column]
+    found = np.bincount(query, minlength=n_rows)      # positives present in each ranking
+    first = np.concatenate([[0], np.cumsum(found)[:-1]]).astype(np.int64)
+    index = np.arange(query.size) - first[query]      # k - 1 for the k-th positive
+    before = np.where(rank == 0, 1.0, index / np.maximum(rank, 1))    # p_{k-1}
+    at = (index + 1) / (rank + 1)                                        # p_k
+    area = np.bincount(query, weights=(before + at) / 2.0, minlength=n_rows)
     ap = np.where(n_positives > 0, area / np.maximum(n_positives, 1), np.nan)
 
-    last = np.where(positive, rank + 1, 0).max(axis=1, initial=0)   # 1-based rank of last positive
-    precision = np.empty((is_positive.shape[0], len(ks)), dtype=np.float64)
-    for column, k in enumerate(ks):
+    last = np.zeros(n_rows, dtype=np.int64)           # 1-based rank of the last positive
+    has = found > 0
+    last[has] = rank[first[has] + found[has] - 1] + 1
+    precision = np.empty((n_rows, len(ks)), dtype=np.float64)
+    for column_k, k in enumerate(ks):
         cut = np.minimum(last, k)
-        hits = (positive & (rank + 1 <= cut[:, None])).sum(axis=1)
-        precision[:, column] = np.where(cut > 0, hits / np.maximum(cut, 1), 0.0)
+        hits = np.bincount(query, weights=(rank + 1 <= cut[query]).astype(np.float64), minlength=n_rows)
+        precision[:, column_k] = np.where(cut > 0, hits / np.maximum(cut, 1), 0.0)
     precision[n_positives <= 0] = np.nan
     return ap, precision
 

@@ -210,7 +210,8 @@ _JS = """
     if(a.n!==undefined)return -1;if(b.n!==undefined)return 1;return a.s<b.s?-1:a.s>b.s?1:0;}
   function sortBy(th,dir){var table=th.closest('table'),body=table.tBodies[0],i=th.cellIndex;
     var rows=Array.prototype.slice.call(body.rows);
-    rows.sort(function(r1,r2){return dir*cmp(key(r1.cells[i]),key(r2.cells[i]));});
+    rows.sort(function(r1,r2){var a=key(r1.cells[i]),b=key(r2.cells[i]),ea=a.s==='',eb=b.s==='';
+      if(ea||eb)return ea===eb?0:(ea?1:-1);return dir*cmp(a,b);});  /* empty cells last either way */
     rows.forEach(function(r){body.appendChild(r);});
     Array.prototype.forEach.call(table.tHead.rows[0].cells,function(c){c.classList.remove('sorted-asc','sorted-desc');});
     th.classList.add(dir>0?'sorted-asc':'sorted-desc');th.setAttribute('data-dir',dir);}
@@ -522,8 +523,9 @@ def write_ablation_report(ablation_dir: str | Path, out_file: str | Path, *, ima
     body = (
         f"<h1>{_e(page_title)}</h1>"
         f'<p class="meta">{len(result.cells)} cells ({len(ok)} ok, {len(result.failed)} failed); fixed: {_e(fixed)}. '
-        f"Extractions run: {s.get('extractions_run', 0)} of {s.get('extraction_groups', 0)} groups, "
-        f"{s.get('extraction_s', 0):.1f} s (without sharing about {s.get('unshared_extraction_estimate_s', 0):.1f} s); "
+        f"Extractions for {s.get('extraction_groups', 0)} groups: {s.get('extractions_run', 0)} run "
+        f"({s.get('extraction_s', 0):.1f} s; without sharing about {s.get('unshared_extraction_estimate_s', 0):.1f} s), "
+        f"{s.get('extractions_reused', 0) + s.get('extractions_skipped', 0)} reused from an earlier run; "
         f"wall time {s.get('wall_s', 0):.1f} s. Source {_e(ablation_dir)}</p>"
         f'<div class="plots">{"".join(plots)}</div>'
         f"<h2>Cells (click a column header to sort)</h2>{table}{query_section}{_failed_html(embedder)}"

@@ -89,7 +89,7 @@ class SfmOptions:
         """The options that influence ``stage`` (a change re-runs it and later stages)."""
         keys = {
             "features": ("image_size", "max_features", "camera_mode"),
-            "pairs": ("pairs", "k", "exhaustive_below", "descriptor_model", "descriptor_image_size"),
+            "pairs": (),  # the resolved mode and, for retrieval, k and the descriptor: see run_sfm
             "matches": ("min_num_matches",),
             "mapping": ("min_model_size", "init_min_tri_angle", "abs_pose_min_num_inliers",
                         "min_num_matches", "seed"),
@@ -316,6 +316,29 @@ def _camera_mode(name: str) -> Any:
     return modes[name]
 
 
+def _drop_other_matches(colmap_db: Path, pairs: Sequence[tuple[str, str]]) -> int:
+    """Delete from the COLMAP database the matches of pairs not in ``pairs`` (left by a run
+    with other pair options), so the mapper sees only the chosen pairs; the matches of pairs
+    still wanted are kept and not recomputed. Returns how many pairs were dropped."""
+    import pycolmap
+
+    if not colmap_db.exists():
+        return 0
+    with pycolmap.Database.open(colmap_db) as db:
+        ids = {image.name: image.image_id for image in db.read_all_images()}
+        wanted = {pycolmap.image_pair_to_pair_id(ids[a], ids[b]) for a, b in pairs if a in ids and b in ids}
+        stored, _ = db.read_two_view_geometry_num_inliers()
+        matched, _ = db.read_all_matches()
+        stale = {int(p) for p in list(stored) + list(matched)} - wanted
+        for pair_id in stale:
+            a, b = pycolmap.pair_id_to_image_pair(pair_id)
+            if db.exists_matches(a, b):
+                db.delete_matches(a, b)
+            if db.exists_two_view_geometry(a, b):
+                db.delete_two_view_geometry(a, b)
+    return len(stale)
+
+
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -395,17 +418,16 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | N
     mode = options.pairs
     if mode == "auto":
         mode = "exhaustive" if len(names) <= options.exhaustive_below else "retrieval"
-    extra_pairs = {"mode": mode, "images": len(names)}
+    extra_pairs: dict[str, Any] = {"mode": mode, "images": len(names)}
+    if mode == "retrieval":
+        extra_pairs.update(k=options.k, descriptor_model=options.descriptor_model,
+                           descriptor_image_size=options.descriptor_image_size)
     if stages.done("pairs", extra_pairs) and pairs_file.is_file():
         skipped.append("pairs")
         log(f"[pairs] done earlier ({stages.seconds('pairs'):.1f} s), reusing {pairs_file.name}")
     else:
         stages.redo("pairs")
         start = time.perf_counter()
-        if "features" in skipped and colmap_db.exists():
-            with pycolmap.Database.open(colmap_db) as db:  # matches of earlier pairs: drop them
-                db.clear_matches()
-                db.clear_two_view_geometries()
         if mode == "exhaustive":
             pairs = exhaustive_pairs(names)
             log(f"[pairs] exhaustive: {len(pairs)} pairs")
@@ -416,6 +438,10 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | N
             pairs = neighbour_pairs(descriptors, names, options.k)
             log(f"[pairs] {len(pairs)} pairs (exhaustive would be {len(names) * (len(names) - 1) // 2})")
         write_text_atomic(pairs_file, "".join(f"{a} {b}\n" for a, b in pairs))
+        if "features" in skipped:
+            dropped = _drop_other_matches(colmap_db, pairs)
+            if dropped:
+                log(f"[pairs] dropped the matches of {dropped} pairs of an earlier run not in the new list")
         timings["pairs"] = time.perf_counter() - start
         stages.finish("pairs", timings["pairs"], extra_pairs, {"num_pairs": len(pairs)})
         log(f"[pairs] {timings['pairs']:.1f} s")

@@ -782,6 +782,44 @@ def visible_points(points: np.ndarray, owners: np.ndarray, planes: list[Plane], 
     return candidates, z[candidates]
 
 
+@dataclasses.dataclass
+class SyntheticPoints:
+    """The true 3D points of a generated set; the point with id k is row k of every array."""
+
+    xyz: np.ndarray  # (N, 3) world coordinates
+    plane: np.ndarray  # (N,) index into plane_names
+    size: np.ndarray  # (N,) size of the texture detail it stands for, world units
+    scene: np.ndarray  # (N,) scene index
+    plane_names: list[str]  # "<scene>/<plane>"
+
+
+def _scene_surface_points(data: dict[str, Any], point_spacing: float):
+    """Per scene: its planes, points, owning plane and sizes, and the id of its first point."""
+    seed = int(data["parameters"]["seed"])
+    per_scene, offset = {}, 0
+    for scene in data["scenes"]:
+        planes = [Plane.from_json(p) for p in scene["planes"]]
+        points, owners, sizes = surface_points(planes, point_spacing,
+                                               np.random.default_rng([seed, int(scene["index"]), 3]))
+        per_scene[int(scene["index"])] = (scene["name"], planes, points, owners, sizes, offset)
+        offset += len(points)
+    return per_scene
+
+
+def synthetic_points(out_dir: str | os.PathLike[str], *, point_spacing: float = 0.1) -> SyntheticPoints:
+    """The true 3D points :func:`synthetic_ground_truth` uses (same ``point_spacing``, same ids)."""
+    per_scene = _scene_surface_points(load_ground_truth(out_dir), point_spacing)
+    xyz, plane, size, scene_of, names = [], [], [], [], []
+    for index, (name, planes, points, owners, sizes, _) in per_scene.items():
+        xyz.append(points)
+        plane.append(owners + len(names))
+        size.append(sizes)
+        scene_of.append(np.full(len(points), index))
+        names += [f"{name}/{p.name}" for p in planes]
+    return SyntheticPoints(np.concatenate(xyz), np.concatenate(plane), np.concatenate(size),
+                           np.concatenate(scene_of), names)
+
+
 def synthetic_ground_truth(out_dir: str | os.PathLike[str], *, point_spacing: float = 0.1,
                            min_view_cosine: float = MIN_VIEW_COSINE,
                            min_pixels: float = MIN_PIXELS) -> TrainingDatabase:
@@ -789,51 +827,33 @@ def synthetic_ground_truth(out_dir: str | os.PathLike[str], *, point_spacing: fl
 
     3D points: a jittered grid with one point per ``point_spacing`` x ``point_spacing`` world
     units on every surface, each with a detail size (see :func:`surface_points`; seeded by the
-    dataset seed, so always the same), ids unique across scenes. P(i) and the depths: the
-    points :func:`visible_points` finds in image i with ``min_view_cosine`` and ``min_pixels``
-    (defaults chosen so that the pair quantities agree best with what COLMAP reconstructs, see
-    docs/synthetic-data.md; ``min_view_cosine=0, min_pixels=0`` gives pure geometric
-    visibility). ``focals`` from K, ``centres`` = -R^T t, ``clusters`` = scene index,
-    ``images`` = ``<scene>/<view>.jpg`` under ``root = out_dir/images``. ``meta`` records the
-    source and parameters, and for each point its xyz, plane and size (``meta["points_xyz"]``,
-    ``meta["points_plane"]`` indexing ``meta["plane_names"]``, ``meta["points_size"]``).
+    dataset seed, so always the same; ids unique across scenes; coordinates from
+    :func:`synthetic_points`). P(i) and the depths: the points :func:`visible_points` finds in
+    image i with ``min_view_cosine`` and ``min_pixels`` (defaults chosen so that the pair
+    quantities agree best with what COLMAP reconstructs, see docs/synthetic-data.md;
+    ``min_view_cosine=0, min_pixels=0`` gives pure geometric visibility). ``focals`` from K,
+    ``centres`` = -R^T t, ``clusters`` = scene index, ``images`` = ``<scene>/<view>.jpg`` under
+    ``root = out_dir/images``. ``meta`` records the source and the parameters.
     """
     out_dir = Path(out_dir)
     data = load_ground_truth(out_dir)
-    seed = int(data["parameters"]["seed"])
-    scene_points, scene_offsets = {}, {}
-    offset = 0
-    all_xyz, all_plane, all_size = [], [], []
-    plane_names: list[str] = []
-    for scene in data["scenes"]:
-        planes = [Plane.from_json(p) for p in scene["planes"]]
-        points, owners, sizes = surface_points(planes, point_spacing,
-                                               np.random.default_rng([seed, int(scene["index"]), 3]))
-        scene_points[scene["index"]] = (planes, points, owners, sizes)
-        scene_offsets[scene["index"]] = offset
-        all_xyz.append(points)
-        all_plane.append(owners + len(plane_names))
-        all_size.append(sizes)
-        plane_names += [f"{scene['name']}/{p.name}" for p in planes]
-        offset += len(points)
+    per_scene = _scene_surface_points(data, point_spacing)
     images, clusters, point_ids, depths, centres, focals = [], [], [], [], [], []
     for image in data["images"]:
-        planes, points, owners, sizes = scene_points[image["scene"]]
+        _, planes, points, owners, sizes, offset = per_scene[int(image["scene"])]
         camera = Camera(np.asarray(image["K"], float), np.asarray(image["R"], float),
                         np.asarray(image["t"], float), int(image["width"]), int(image["height"]))
         index, depth = visible_points(points, owners, planes, camera, min_view_cosine, sizes, min_pixels)
         images.append(image["path"])
         clusters.append(int(image["scene"]))
-        point_ids.append(index + scene_offsets[image["scene"]])
+        point_ids.append(index + offset)
         depths.append(depth)
         centres.append(camera.centre)
         focals.append(camera.focal)
     meta = {"source": "synthetic ground truth", "dataset": str(out_dir),
             "parameters": data["parameters"], "version": data["version"],
             "point_spacing": point_spacing, "min_view_cosine": min_view_cosine,
-            "min_pixels": min_pixels, "points_xyz": np.concatenate(all_xyz),
-            "points_plane": np.concatenate(all_plane), "points_size": np.concatenate(all_size),
-            "plane_names": plane_names}
+            "min_pixels": min_pixels}
     return TrainingDatabase(images=images, clusters=np.asarray(clusters), point_ids=point_ids,
                             point_depths=depths, centres=np.asarray(centres), focals=np.asarray(focals),
                             root=out_dir / "images", meta=meta)

@@ -276,9 +276,10 @@ class Trainer:
         for miner, spec, role, flag in ((self.positive_miner, config.miner, "positive", "--miner"),
                                         (self.negative_miner, config.negatives, "negative", "--negatives")):
             if getattr(miner, "role", None) != role:
+                fitting = [name for name in self.host.names("miner")
+                           if getattr(self.host.build("miner", name), "role", None) == role]
                 raise RkitError(f"{flag} needs a {role} miner, but {spec!r} is a {getattr(miner, 'role', '?')} "
-                                f"miner (`rkit plugins` lists them: positives m1 m2 m3 random-positive, "
-                                f"negatives n1 n2 random-negative)")
+                                f"miner; the {role} miners are: {', '.join(fitting)}")
             if getattr(miner, "needs_points", False):
                 db.require_points(f"the {spec} miner")
         self.loss_fn: nn.Module = self.host.build("loss", config.loss)
@@ -335,7 +336,7 @@ class Trainer:
             return indices
         return indices[~np.isin(indices, list(self.bad_images))]
 
-    def extract(self, indices: np.ndarray, desc: str) -> np.ndarray:
+    def extract(self, indices: np.ndarray) -> np.ndarray:
         """Pooled descriptors ``(len(db), D)`` of ``indices`` with the current network (other rows 0)."""
         from .extract import extract_descriptors
 
@@ -367,7 +368,7 @@ class Trainer:
             if self.positive_miner.needs_descriptors:
                 needed += [self.db.co_observing(int(q)) for q in queries]
             needed_ids = np.unique(np.concatenate(needed).astype(np.int64))
-            descriptors = self.extract(needed_ids, "mining")
+            descriptors = self.extract(needed_ids)
             queries = self.usable(queries)
             pool = self.usable(needed_ids if pool is None else pool)
         positives = self.positive_miner.mine(queries, self.db, descriptors, self.rng)
@@ -487,7 +488,7 @@ class Trainer:
         if config.whiten == "none" and config.whiten_dim is None:
             return {"method": "none"}
         everything = self.usable(np.arange(len(self.db), dtype=np.int64))
-        descriptors = self.extract(everything, "whitening")
+        descriptors = self.extract(everything)
         queries = self.usable(self.candidates)
         everything = self.usable(everything)
         needs = self.positive_miner.needs_descriptors or self.negative_miner.needs_descriptors
@@ -567,11 +568,14 @@ def read_saved_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def train(config: TrainConfig, *, resume: bool = False, database: TrainingDatabase | None = None,
-          host: PluginHost | None = None, log: Callable[[str], None] = print) -> TrainResult:
+          host: PluginHost | None = None, log: Callable[[str], None] = print,
+          on_start: Callable[[], None] | None = None) -> TrainResult:
     """Run (or, with ``resume``, continue) the training described by ``config``.
 
     ``database`` overrides ``config.data`` (tests and scripts that build a database in code).
-    Raises :class:`RkitError` for a setup that cannot work, before any training.
+    Raises :class:`RkitError` for a setup that cannot work, before any training. ``on_start``
+    is called once the setup is checked, just before the first epoch (the CLI writes its
+    resolved configuration there).
     """
     run_dir = Path(config.run_dir)
     checkpoint = run_dir / CHECKPOINT_NAME
@@ -598,4 +602,6 @@ def train(config: TrainConfig, *, resume: bool = False, database: TrainingDataba
         write_text_atomic(run_dir / CONFIG_NAME, json.dumps(saved, indent=2) + "\n")
         trainer.load_checkpoint()
         log(f"resuming {run_dir} after epoch {trainer.epoch}")
+    if on_start is not None:
+        on_start()
     return trainer.fit()

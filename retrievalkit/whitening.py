@@ -506,7 +506,7 @@ def fit_whitening(spec: str | ComponentSpec, data: WhiteningData, dim: int | Non
 
     if isinstance(spec, str):
         spec = ComponentSpec.parse(spec)
-    if dim is not None and "dim" in spec.options and spec.options["dim"] not in {str(dim), "none", "None"}:
+    if dim is not None and "dim" in spec.options and spec.options["dim"] != str(dim):
         raise RkitError(f"two output dimensions given: dim={dim} and {spec}: give only one")
     host = host or get_host()
     method = host.build("whitening", spec, **({"dim": dim} if dim is not None else {}))

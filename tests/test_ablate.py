@@ -136,6 +136,8 @@ def test_resume_skips_finished_cells_and_extractions(data_dir, tmp_path, monkeyp
     grown = run_ablation(BASE, bigger, _options(data_dir, out))
     assert grown.stats["cells"] == 3 and grown.stats["cells_reused"] == 2 and grown.stats["cells_run"] == 1
     assert grown.stats["extractions_reused"] == 1 and grown.stats["extractions_run"] == 0
+    # the pca fits (one per left-out class) were stored by the first run and are truncated to 2
+    assert grown.stats["whitening_fits_run"] == 0 and grown.stats["whitening_fits_reused"] == 3
 
 
 def test_failing_cells_do_not_stop_the_grid(data_dir, tmp_path):

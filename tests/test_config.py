@@ -170,3 +170,12 @@ def test_real_plugins_command_reads_config(tmp_path, capsys):
     _run(["--config", str(cfg), "plugins"])
     listing = json.loads(capsys.readouterr().out)
     assert "mac" in {c["name"] for c in listing["pooling"]}
+
+
+def test_resolved_config_path(tmp_path):
+    from retrievalkit.config import resolved_config_path
+
+    assert resolved_config_path(tmp_path) == tmp_path / "rkit-config.toml"
+    assert resolved_config_path(tmp_path / "runs" / "db.npz") == tmp_path / "runs" / "db.rkit-config.toml"
+    assert resolved_config_path(tmp_path / "x.toml") == tmp_path / "x.toml"
+    assert resolved_config_path(tmp_path / "new_run_dir") == tmp_path / "new_run_dir" / "rkit-config.toml"

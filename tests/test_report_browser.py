@@ -89,3 +89,21 @@ def test_a_broken_image_is_reported_by_the_page(report_page, tmp_path):
     total = int(re.search(r'data-images-total="(\d+)"', dom).group(1))
     loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
     assert loaded < total
+
+
+def test_ablation_table_sorts_failed_cells_last(tmp_path):
+    """Cells without a number (failed) stay below the others whatever the sort direction."""
+    from retrievalkit.ablate import AblationResult, CellResult, write_outputs
+    from retrievalkit.report import write_ablation_report
+
+    browser = _browser()
+    cells = [CellResult("c1", {"dim": "8"}, {"dim": "8"}, "failed", "too many dimensions"),
+             CellResult("c2", {"dim": "4"}, {"dim": "4"}, "ok", map=0.5),
+             CellResult("c3", {"dim": "2"}, {"dim": "2"}, "ok", map=0.7)]
+    write_outputs(AblationResult(tmp_path, ["dim"], cells, {}, {}, {"dim": ["8", "4", "2"]}))
+    page = tmp_path / "report.html"
+    write_ablation_report(tmp_path, page)
+    dom = _render(browser, page, tmp_path / "profile")
+    table = dom[dom.index('id="cells"'):]
+    order = re.findall(r'<tr><td data-sort="(\d)">', table)
+    assert order == ["2", "4", "8"]  # opened sorted by mAP, highest first, the failed cell last

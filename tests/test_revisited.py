@@ -147,3 +147,12 @@ def test_reader_refuses_code_in_the_pickle(tmp_path):
     (root / "gnd_evil.pkl").write_bytes(pickle.dumps({"imlist": [], "qimlist": [], "gnd": [Evil()]}))
     with pytest.raises(RkitError, match="refusing to load builtins.print"):
         load_revisited(tmp_path, "evil")
+
+
+def test_match_paths_to_dataset_ids(tmp_path):
+    dataset = load_revisited(tmp_path, "rfake")
+    absolute = str(dataset.image_dir / "img4.jpg")
+    ids, rows = dataset.match(["jpg/img3.jpg", "other/x.jpg", "img1.jpg", absolute, "img1.png"])
+    assert ids.tolist() == [3, 1, 4] and rows.tolist() == [0, 2, 3]     # unknown and repeated skipped
+    ids, rows = dataset.match(["img5.jpg", "img2.jpg"], queries=True)
+    assert ids.tolist() == [1] and rows.tolist() == [0]

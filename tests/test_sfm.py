@@ -176,9 +176,23 @@ def test_retrieval_pairs_are_written_and_matched(church, tmp_path, monkeypatch):
         return np.asarray(rows, np.float32)
 
     monkeypatch.setattr(sfm, "retrieval_descriptors", fake_descriptors)
+    # first exhaustively, then with retrieval pairs in the same folder: the features are
+    # reused and the matches of pairs no longer chosen are dropped from the COLMAP database
+    run_sfm(church, tmp_path / "out", SfmOptions(**FAST, pairs="exhaustive"), progress=False, log=lambda m: None)
+    messages: list[str] = []
     result = run_sfm(church, tmp_path / "out", SfmOptions(**FAST, pairs="retrieval", k=2),
-                     progress=False, log=lambda m: None)
+                     progress=False, log=messages.append)
+    assert result.skipped_stages == ["features"]
     pairs = (tmp_path / "out" / "pairs.txt").read_text().split("\n")
+    with pycolmap.Database.open(tmp_path / "out" / "colmap.db") as db:
+        ids = {image.name: image.image_id for image in db.read_all_images()}
+        stored, _ = db.read_all_matches()
+    wanted = {pycolmap.image_pair_to_pair_id(ids[a], ids[b]) for a, b in (p.split() for p in pairs if p)}
+    church_pairs = {pid for pid in wanted if all(n.startswith("church/") for n in
+                    [name for name, i in ids.items() if i in pycolmap.pair_id_to_image_pair(pid)])}
+    # only retrieval pairs keep matches (noise pairs may have none), all church pairs do
+    assert church_pairs <= set(stored) <= wanted and len(church_pairs) >= 7
+    assert any("dropped the matches of" in m for m in messages)
     assert "church/0000.jpg church/0001.jpg" in pairs and "church/0000.jpg church/0007.jpg" not in pairs
     assert len([p for p in pairs if p]) < 45  # fewer than the 45 exhaustive pairs of 10 images
     assert json.loads((tmp_path / "out" / "stages" / "pairs.json").read_text())["options"]["mode"] == "retrieval"

@@ -25,6 +25,7 @@ from retrievalkit.synth import (
     resolve_params,
     surface_points,
     synthetic_ground_truth,
+    synthetic_points,
     visible_points,
 )
 
@@ -79,7 +80,7 @@ def test_ground_truth_is_deterministic(small_set: Path, small_truth) -> None:
     assert again.images == small_truth.images
     for a, b in zip(again.point_ids, small_truth.point_ids):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(again.meta["points_xyz"], small_truth.meta["points_xyz"])
+    np.testing.assert_array_equal(synthetic_points(small_set).xyz, synthetic_points(small_set).xyz)
 
 
 def test_images_are_textured(small_set: Path) -> None:
@@ -245,7 +246,8 @@ def test_ground_truth_database_is_consistent(small_set: Path, small_truth) -> No
     assert len(db) == 6 and db.root == small_set / "images"
     np.testing.assert_array_equal(db.clusters, [0, 0, 0, 1, 1, 1])
     assert all(db.image_path(i).is_file() for i in range(len(db)))
-    xyz = db.meta["points_xyz"]
+    points = synthetic_points(small_set)
+    xyz = points.xyz
     for i, image in enumerate(truth["images"]):
         camera = Camera(np.array(image["K"]), np.array(image["R"]), np.array(image["t"]), 160, 120)
         assert db.focals[i] == 192.0
@@ -259,7 +261,8 @@ def test_ground_truth_database_is_consistent(small_set: Path, small_truth) -> No
         np.testing.assert_allclose(z, db.point_depths[i])
         assert (z > 0).all()
         # points of the image's own scene only
-        owner_scene = np.array([n.split("/")[0] for n in db.meta["plane_names"]])[db.meta["points_plane"][ids]]
+        assert set(points.scene[ids]) == {image["scene"]}
+        owner_scene = np.array([n.split("/")[0] for n in points.plane_names])[points.plane[ids]]
         assert set(owner_scene) == {f"scene{image['scene']:02d}"}
 
 

@@ -138,6 +138,14 @@ def test_one_epoch_writes_a_complete_run(tmp_path, database, host):
     assert out.shape == (1, 4) and float(out.norm()) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_validation_map_is_recorded_every_epoch(tmp_path, database, host):
+    # the tiny database's own folders (place0..2) double as a folder-per-class validation set
+    result = train(config(tmp_path / "val", epochs=2, whiten="none", whiten_dim=None, val=str(database.root)),
+                   database=database, host=host, log=lambda _: None)
+    assert [m["epoch"] for m in result.metrics] == [1, 2]
+    assert all(0.0 < m["val_map"] <= 1.0 and m["val_s"] >= 0 for m in result.metrics)
+
+
 def test_training_changes_the_weights_and_a_seed_repeats_them(tmp_path, database, host):
     a = train(config(tmp_path / "a", whiten="none", whiten_dim=None), database=database, host=host, log=lambda _: None)
     b = train(config(tmp_path / "b", whiten="none", whiten_dim=None), database=database, host=host, log=lambda _: None)

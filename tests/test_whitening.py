@@ -300,3 +300,18 @@ def test_linear_layer_form_gives_the_same_output_as_apply():
         images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
         pooled = model.pooled(images).numpy()
         np.testing.assert_allclose(model(images).numpy(), fitted.apply(pooled), atol=1e-5)
+
+
+def test_too_little_training_data_is_a_clear_error():
+    one = np.ones((1, 4))
+    with pytest.raises(RkitError, match="no meaningful direction.*1 descriptors span at most 0"):
+        fit_whitening("pca", WhiteningData(one))
+    # one matching and one non-matching pair in 4-D: C_S is singular (the ridge copes), but the
+    # non-matching pair spans a single direction, so only 1 output dimension is meaningful
+    x = np.random.default_rng(0).normal(size=(3, 4))
+    data = WhiteningData(x, [[0, 1]], [[0, 2]])
+    assert fit_whitening("learned", data).out_dim == 1
+    with pytest.raises(RkitError, match="at most 1 meaningful dimensions"):
+        fit_whitening("learned", data, dim=2)
+    with pytest.raises(RkitError, match="singular.*ridge"):
+        fit_whitening("learned:ridge=0", data, dim=1)

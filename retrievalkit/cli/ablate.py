@@ -57,7 +57,7 @@ def command(data: Path, whiten_data: Path | None, out_dir: Path, grid: tuple[str
         --grid pooling=mac,spoc,gem --grid whiten=none,pca,learned --grid dim=32,128,512
 
     Prints a table and writes results.csv, results.md and results.json to --out (see
-    docs/ablations.md; `rkit report --ablation OUT` makes an HTML page of it).
+    docs/ablations.md; `rkit report OUT` makes an HTML page of it).
     """
     base = {"backbone": backbone, "weights": weights, "pooling": pooling, "image_size": str(image_size),
             "scales": scales.replace(",", "+"), "whiten": whiten, "dim": str(dim)}

@@ -46,7 +46,7 @@ def _queries_path(save: Path) -> Path:
 
 
 def _warn_unused_model_options(options: ModelOptions, why: str) -> None:
-    unused = sorted(options.typed - {"whiten"})
+    unused = sorted(options.command_line - {"whiten"})
     if unused:
         click.echo(f"Warning: {', '.join('--' + n.replace('_', '-') for n in unused)} ignored: {why}", err=True)
 

@@ -49,8 +49,9 @@ def parse_scales(text: str) -> list[float]:
 class ModelOptions:
     """The model and extraction options as the user gave them.
 
-    ``typed`` names the options given on the command line (not defaults), so a command can tell
-    "the user asked for this" from "this is the default".
+    ``typed`` names the options the user set (on the command line or in a ``--config`` file),
+    so a command can tell "the user asked for this" from "this is the default";
+    ``command_line`` those typed on the command line itself.
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -64,6 +65,7 @@ class ModelOptions:
     device: str = "auto"
     workers: int = 2
     typed: frozenset[str] = frozenset()
+    command_line: frozenset[str] = frozenset()
 
     def build(self) -> tuple[RetrievalModel, FittedWhitening | None]:
         """The model (built from components, or loaded from ``--model``) and the whitening file.
@@ -136,6 +138,7 @@ class ModelOptions:
         if "whiten" in base.typed:
             values["whiten_file"] = base.whiten_file
         values["typed"] = base.typed
+        values["command_line"] = base.command_line
         return cls(**values)
 
 
@@ -178,8 +181,12 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
             _TYPED_NAMES.get(name, name) for name in _PARAMS
             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
         )
+        command_line = frozenset(
+            _TYPED_NAMES.get(name, name) for name in _PARAMS
+            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        )
         values["scales"] = parse_scales(values["scales"])
-        kwargs["model_options"] = ModelOptions(**values, typed=typed)
+        kwargs["model_options"] = ModelOptions(**values, typed=typed, command_line=command_line)
         return func(*args, **kwargs)
 
     for option in reversed(_OPTIONS):

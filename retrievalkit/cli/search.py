@@ -77,7 +77,8 @@ def _queries(specs: tuple[str, ...], database: DescriptorSet, options: ModelOpti
               help="Write the built index here (atomically), to reuse with --load-index.")
 @click.option("--load-index", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Use an index written by --save-index for this DATABASE instead of building one.")
-@click.option("--format", "out_format", type=click.Choice(["tsv", "json"]), default="tsv", show_default=True)
+@click.option("--format", "out_format", type=click.Choice(["tsv", "json"]), default="tsv", show_default=True,
+              help="tsv: query, rank, score, path per line (with a header); json: one document.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results here (atomically) instead of to standard output.")
 @model_options

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from click.core import ParameterSource
 
-from ..train import CHECKPOINT_NAME, TrainConfig, read_saved_config, train
+from ..train import TrainConfig, read_saved_config, train
 
 _DEFAULTS = TrainConfig()
 #: Sources that count as "the user asked for this value" when resuming.
@@ -83,11 +84,13 @@ def command(ctx: click.Context, resume: bool, **options: object) -> None:
         given = {key for key in values if ctx.get_parameter_source(key) in _GIVEN}
         values = {**saved, **{key: values[key] for key in given}, "run_dir": values["run_dir"]}
     config = TrainConfig.from_dict(values)
-    if not resume and not (Path(config.run_dir) / CHECKPOINT_NAME).exists():
+    write_config: Callable[[], None] | None = None
+    if not resume:
         from ..config import write_resolved_config
 
-        Path(config.run_dir).mkdir(parents=True, exist_ok=True)
-        write_resolved_config(Path(config.run_dir))
-    result = train(config, resume=resume, log=lambda message: click.echo(message, err=True))
+        def write_config() -> None:
+            write_resolved_config(Path(config.run_dir), ctx)
+
+    result = train(config, resume=resume, log=lambda message: click.echo(message, err=True), on_start=write_config)
     click.echo(f"model saved to {result.model_dir}")
     click.echo(f"use it with: rkit eval IMAGES --model {result.model_dir}  (or rkit extract ... --model)")
