@@ -15,7 +15,9 @@ by the off-the-shelf network).
     nice -n 10 python bench/bench_finetune_landmarks.py --sfm runs/landmarks_sfm \\
         --out runs/bench-finetune --section docs/bench-sections/05-training.md
 
-Finished runs (``RUN/summary.json``) are reused, so an interrupted benchmark resumes.
+Finished runs (``RUN/summary.json``) are reused, so an interrupted benchmark resumes, and the
+results of several invocations with the same ``--out`` (e.g. another ``--loss`` with a
+``--suffix``) are gathered in one ``results.json`` and table.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def main() -> int:
     parser.add_argument("--dims", default="32,64,128")
     parser.add_argument("--grid", default=",".join(f"{m}+{n}" for m, n in GRID),
                         help="comma-separated MINER+NEGATIVES runs")
+    parser.add_argument("--loss", default="contrastive", help="loss spec, e.g. contrastive:margin=0.9")
+    parser.add_argument("--suffix", default="", help="appended to the fine-tuned runs' names (e.g. -margin0.9)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--section", type=Path, default=None, help="Markdown file to write")
@@ -111,15 +115,17 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     runs = [("off-the-shelf", "m3", "n2", 0)] + [
-        (f"{m}+{n}", m, n, args.epochs) for m, n in (item.split("+") for item in args.grid.split(","))]
-    results = {}
+        (f"{m}+{n}{args.suffix}", m, n, args.epochs) for m, n in (item.split("+") for item in args.grid.split(","))]
+    earlier = args.out / "results.json"
+    results = json.loads(earlier.read_text())["results"] if earlier.is_file() else {}  # several invocations add up
     for name, miner, negatives, epochs in runs:
         run = args.out / name
         if not (run / "summary.json").is_file():
             config = TrainConfig(run_dir=str(run), pooling="mac", miner=miner, negatives=negatives,
                                  num_negatives=args.num_negatives, epochs=epochs, queries_per_epoch=args.queries,
                                  tuples_per_batch=args.tuples_per_batch, lr=args.lr, image_size=args.image_size,
-                                 whiten="learned", device="cpu", seed=args.seed, progress=False)
+                                 loss=args.loss if epochs else "contrastive", whiten="learned", device="cpu",
+                                 seed=args.seed, progress=False)
             started = time.perf_counter()
             try:
                 train(config, resume=(run / "config.json").is_file(), database=train_db,

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--min-model-size", type=int, default=3)
     parser.add_argument("--init-min-tri-angle", type=float, default=16.0)
+    parser.add_argument("--init-max-forward-motion", type=float, default=0.95)
     parser.add_argument("--abs-pose-min-inliers", type=int, default=30)
     parser.add_argument("--threads", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=0)
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         options = SfmOptions(image_size=args.image_size, pairs=args.pairs, k=args.k,
                              min_model_size=args.min_model_size, init_min_tri_angle=args.init_min_tri_angle,
+                             init_max_forward_motion=args.init_max_forward_motion,
                              abs_pose_min_num_inliers=args.abs_pose_min_inliers,
                              num_threads=args.threads, seed=args.seed)
         run_sfm(args.images, args.out, options)

@@ -70,8 +70,14 @@ class SfmOptions:
     descriptor_image_size: int = 448
     #: Smallest model (registered images) that is kept; COLMAP's own default is 10.
     min_model_size: int = 3
+    #: Map each group of images linked by verified matches separately (see
+    #: :func:`match_graph_components`); False: one mapper run over all images, as COLMAP does.
+    split_components: bool = True
     #: Mapper: minimum triangulation angle of the initial pair (degrees; COLMAP default 16).
     init_min_tri_angle: float = 16.0
+    #: Mapper: largest share of forward motion allowed for the initial pair (COLMAP default
+    #: 0.95); a street sequence filmed while walking needs more (0.999).
+    init_max_forward_motion: float = 0.95
     #: Mapper: minimum inliers to register an image (COLMAP default 30).
     abs_pose_min_num_inliers: int = 30
     #: Mapper: minimum verified matches for a pair to be used (COLMAP default 15).
@@ -91,8 +97,9 @@ class SfmOptions:
             "features": ("image_size", "max_features", "camera_mode"),
             "pairs": (),  # the resolved mode and, for retrieval, k and the descriptor: see run_sfm
             "matches": ("min_num_matches",),
-            "mapping": ("min_model_size", "init_min_tri_angle", "abs_pose_min_num_inliers",
-                        "min_num_matches", "seed"),
+            "mapping": ("min_model_size", "split_components", "init_min_tri_angle",
+                        "init_max_forward_motion", "abs_pose_min_num_inliers", "min_num_matches",
+                        "seed"),
             "database": (),
         }[stage]
         return {key: getattr(self, key) for key in keys}
@@ -215,9 +222,13 @@ def database_from_reconstructions(reconstructions: Sequence[Any], root: Path | N
 
     Cluster ids follow the order given (largest first in :func:`run_sfm`). An image registered
     in more than one model (COLMAP allows a small overlap between models) is kept in the first
-    one only. 3D point ids are made unique across models (``model_offset + point3D_id``).
+    one only, and models that share an image are one place: they become one cluster (so that
+    their images are never each other's negatives), while their 3D points stay apart (images
+    from two such models share no point, so neither is the other's positive).
+    3D point ids are made unique across models (``model_offset + point3D_id``).
     Depth of a point in an image = its z coordinate in that camera's frame.
     """
+    cluster_of_model = _merge_models_sharing_images(reconstructions)
     images: list[str] = []
     clusters: list[int] = []
     point_ids: list[np.ndarray] = []
@@ -226,7 +237,7 @@ def database_from_reconstructions(reconstructions: Sequence[Any], root: Path | N
     focals: list[float] = []
     seen: set[str] = set()
     offset = 0
-    for cluster, rec in enumerate(reconstructions):
+    for model, rec in enumerate(reconstructions):
         xyz = {pid: np.asarray(p.xyz, np.float64) for pid, p in rec.points3D.items()}
         for image_id in sorted(rec.reg_image_ids(), key=lambda i: rec.images[i].name):
             image = rec.images[image_id]
@@ -242,7 +253,7 @@ def database_from_reconstructions(reconstructions: Sequence[Any], root: Path | N
             else:
                 depths = np.zeros(0)
             images.append(image.name)
-            clusters.append(cluster)
+            clusters.append(cluster_of_model[model])
             point_ids.append(np.asarray(ids, np.int64) + offset)
             point_depths.append(depths)
             centres.append(np.asarray(image.projection_center(), np.float64))
@@ -253,6 +264,30 @@ def database_from_reconstructions(reconstructions: Sequence[Any], root: Path | N
         point_depths=point_depths, centres=np.asarray(centres).reshape(-1, 3),
         focals=np.asarray(focals), root=root, meta=dict(meta or {}),
     )
+
+
+def _merge_models_sharing_images(reconstructions: Sequence[Any]) -> list[int]:
+    """Cluster id of every model: models linked by a shared registered image get the id of the
+    first of them; ids are consecutive in order of first appearance."""
+    parent = list(range(len(reconstructions)))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    owner: dict[str, int] = {}
+    for model, rec in enumerate(reconstructions):
+        for image_id in rec.reg_image_ids():
+            name = rec.images[image_id].name
+            if name in owner:
+                a, b = root(owner[name]), root(model)
+                parent[max(a, b)] = min(a, b)
+            else:
+                owner[name] = model
+    ids: dict[int, int] = {}
+    return [ids.setdefault(root(m), len(ids)) for m in range(len(reconstructions))]
 
 
 # -- stage bookkeeping ------------------------------------------------------------------------
@@ -314,6 +349,37 @@ def _camera_mode(name: str) -> Any:
     if name not in modes:
         raise RkitError(f"unknown camera mode {name!r}: use one of {', '.join(modes)}")
     return modes[name]
+
+
+def match_graph_components(colmap_db: Path, names: Sequence[str], min_inliers: int) -> list[list[str]]:
+    """Groups of images linked by verified pairs (>= ``min_inliers`` inliers), largest first.
+
+    Each group is mapped on its own: images of different groups cannot end in one model, and a
+    hard group (e.g. a forward-moving street sequence) gets the mapper's full set of attempts
+    at an initial pair instead of the ones left after the other groups.
+    """
+    import pycolmap
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    with pycolmap.Database.open(colmap_db) as db:
+        name_of = {image.image_id: image.name for image in db.read_all_images()}
+        pair_ids, inliers = db.read_two_view_geometry_num_inliers()
+    index = {name: k for k, name in enumerate(names)}
+    edges = []
+    for pair_id, count in zip(pair_ids, inliers):
+        if count < min_inliers:
+            continue
+        a, b = pycolmap.pair_id_to_image_pair(pair_id)
+        if name_of.get(a) in index and name_of.get(b) in index:
+            edges.append((index[name_of[a]], index[name_of[b]]))
+    edges_arr = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges_arr)), (edges_arr[:, 0], edges_arr[:, 1])), shape=(len(names),) * 2)
+    _, labels = connected_components(graph, directed=False)
+    groups: dict[int, list[str]] = {}
+    for name, label in zip(names, labels):
+        groups.setdefault(int(label), []).append(name)
+    return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
 
 
 def _drop_other_matches(colmap_db: Path, pairs: Sequence[tuple[str, str]]) -> int:
@@ -502,15 +568,24 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | N
         pipeline.random_seed = options.seed
         pipeline.mapper.init_min_tri_angle = options.init_min_tri_angle
         pipeline.mapper.abs_pose_min_num_inliers = options.abs_pose_min_num_inliers
+        pipeline.mapper.init_max_forward_motion = options.init_max_forward_motion
         work = out_dir / "models.partial"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        log(f"[mapping] incremental mapping (min model size {options.min_model_size})")
-        bar = tqdm(desc="mapping", unit="img", disable=not progress)
-        found = pycolmap.incremental_mapping(colmap_db, images_dir, work, options=pipeline,
-                                             next_image_callback=lambda: bar.update(1))
+        groups = match_graph_components(colmap_db, names, options.min_num_matches) \
+            if options.split_components else [list(names)]
+        groups = [g for g in groups if len(g) >= options.min_model_size]
+        log(f"[mapping] incremental mapping of {len(groups)} connected group(s) of images "
+            f"({', '.join(str(len(g)) for g in groups)}), min model size {options.min_model_size}")
+        bar = tqdm(total=sum(len(g) for g in groups), desc="mapping", unit="img", disable=not progress)
+        found = []
+        for k, group in enumerate(groups):
+            pipeline.image_names = group
+            (work / str(k)).mkdir()
+            found += list(pycolmap.incremental_mapping(colmap_db, images_dir, work / str(k), options=pipeline,
+                                                       next_image_callback=lambda: bar.update(1)).values())
         bar.close()
-        reconstructions = sorted(found.values(), key=lambda r: -r.num_reg_images())
+        reconstructions = sorted(found, key=lambda r: -r.num_reg_images())
         reconstructions = [r for r in reconstructions if r.num_reg_images() >= options.min_model_size]
         final = out_dir / "models"
         shutil.rmtree(work, ignore_errors=True)

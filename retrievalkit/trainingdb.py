@@ -290,9 +290,6 @@ class TrainingDatabase:
                 if len(cache):
                     out["overlap_median"] = float(np.median(np.r_[cache.overlap_ab, cache.overlap_ba]))
                     out["scale_change_median"] = float(np.median(cache.scale))
-                    out["pairs_m3_eligible"] = int(
-                        ((cache.overlap_ab >= 0.2) & (cache.scale <= 1.5)).sum()
-                        + ((cache.overlap_ba >= 0.2) & (cache.scale <= 1.5)).sum())
         if self.positive_pairs is not None:
             out["positive_pairs"] = int(len(self.positive_pairs))
         unregistered = self.meta.get("unregistered")

@@ -133,5 +133,5 @@ def test_summary_counts():
     assert summary["model_sizes"] == {0: 3, 1: 1}
     assert summary["points"] == 8  # {1, 2, 3, 4, 5, 10, 20, 21}
     assert summary["co_observing_pairs"] == 1
-    # overlap 0.5 one way, 2/3 the other; scale 4 > 1.5: no m3-eligible direction
-    assert summary["pairs_m3_eligible"] == 0
+    assert summary["overlap_median"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert summary["scale_change_median"] == pytest.approx(4.0)

@@ -40,6 +40,8 @@ from ..errors import RkitError
               help="Smallest 3D model kept (registered images; COLMAP's default is 10).")
 @click.option("--init-min-tri-angle", default=16.0, show_default=True,
               help="Mapper: min triangulation angle of the initial pair (deg); lower helps forward motion.")
+@click.option("--init-max-forward-motion", default=0.95, show_default=True,
+              help="Mapper: max forward-motion share of the initial pair; 0.999 for street sequences.")
 @click.option("--abs-pose-min-inliers", default=30, show_default=True,
               help="Mapper: min inliers to register an image.")
 @click.option("--min-num-matches", default=15, show_default=True, help="Min verified matches per pair.")
@@ -53,7 +55,8 @@ from ..errors import RkitError
 def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, dbpkl: Path | None,
             root: Path | None, split: str, image_size: int, max_features: int, pairs: str, k: int,
             exhaustive_below: int, descriptor_model: str, descriptor_image_size: int,
-            min_model_size: int, init_min_tri_angle: float, abs_pose_min_inliers: int,
+            min_model_size: int, init_min_tri_angle: float, init_max_forward_motion: float,
+            abs_pose_min_inliers: int,
             min_num_matches: int, camera_mode: str, threads: int, seed: int, device: str,
             verbose: bool, as_json: bool) -> None:
     """Structure-from-Motion on the photos in IMAGES -> training database in --out.
@@ -93,7 +96,8 @@ def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, d
         image_size=image_size, max_features=max_features, pairs=pairs, k=k,
         exhaustive_below=exhaustive_below, descriptor_model=descriptor_model,
         descriptor_image_size=descriptor_image_size, min_model_size=min_model_size,
-        init_min_tri_angle=init_min_tri_angle, abs_pose_min_num_inliers=abs_pose_min_inliers,
+        init_min_tri_angle=init_min_tri_angle, init_max_forward_motion=init_max_forward_motion,
+        abs_pose_min_num_inliers=abs_pose_min_inliers,
         min_num_matches=min_num_matches, camera_mode=camera_mode, num_threads=threads, seed=seed,
         device=device,
     )
