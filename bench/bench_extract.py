@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.functional import to_tensor
 
 from retrievalkit.evaluate import evaluate_folder_collection, folder_labels
 from retrievalkit.extract import extract_descriptors, list_images
@@ -36,15 +37,14 @@ DEFAULT_LANDMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "dat
 
 
 def plain_loop(model, files: list[Path], image_size: int) -> np.ndarray:
-    """One image at a time: PIL decode, resize, forward; no workers, no batching."""
+    """One image at a time: PIL decode, resize, ``to_tensor``, forward; no workers, no batching."""
     out = []
     with torch.inference_mode():
         for file in files:
             image = Image.open(file).convert("RGB")
             height, width = resized_shape(image.width, image.height, image_size)
             image = image.resize((width, height), Image.Resampling.BICUBIC)
-            x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)[None].float() / 255
-            out.append(model(x)[0].numpy())
+            out.append(model(to_tensor(image)[None])[0].numpy())
     return np.stack(out)
 
 

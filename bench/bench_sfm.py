@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-min-tri-angle", type=float, default=16.0)
     parser.add_argument("--init-max-forward-motion", type=float, default=0.95)
     parser.add_argument("--abs-pose-min-inliers", type=int, default=30)
+    parser.add_argument("--one-mapper-run", action="store_true",
+                        help="one COLMAP mapper run over all images instead of one per match-graph group")
     parser.add_argument("--threads", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                              min_model_size=args.min_model_size, init_min_tri_angle=args.init_min_tri_angle,
                              init_max_forward_motion=args.init_max_forward_motion,
                              abs_pose_min_num_inliers=args.abs_pose_min_inliers,
+                             split_components=not args.one_mapper_run,
                              num_threads=args.threads, seed=args.seed)
         run_sfm(args.images, args.out, options)
     summary = landmark_summary(args.out)

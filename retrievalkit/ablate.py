@@ -271,6 +271,7 @@ class AblationResult:
     base: dict[str, str]
     grid: dict[str, list[str]]
     query_paths: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    data_root: str = ""
 
     @property
     def failed(self) -> list[CellResult]:
@@ -622,7 +623,7 @@ def run_ablation(base: Mapping[str, str], grid: Mapping[str, Sequence[str]], opt
         stats[key] = round(stats[key], 3)
     result = AblationResult(out, axes, [results[i] for i in range(len(cells))], stats,
                             {**DEFAULT_SETTINGS, **{k: str(v) for k, v in base.items()}},
-                            {k: list(v) for k, v in grid.items()}, query_paths)
+                            {k: list(v) for k, v in grid.items()}, query_paths, data_identity["data"])
     write_outputs(result)
     return result
 
@@ -718,7 +719,7 @@ def results_document(result: AblationResult) -> dict[str, Any]:
         cells.append(data)
     return {"format": "rkit-ablation-results", "version": ABLATION_FORMAT_VERSION,
             "axes": result.axes, "base": result.base, "grid": result.grid, "stats": result.stats,
-            "query_paths": result.query_paths, "cells": cells}
+            "data_root": result.data_root, "query_paths": result.query_paths, "cells": cells}
 
 
 def write_outputs(result: AblationResult) -> dict[str, Path]:
@@ -745,6 +746,6 @@ def load_ablation(out_dir: str | Path) -> AblationResult:
             cell.reused = bool(data.get("reused", False))
             cells.append(cell)
         return AblationResult(out, list(doc["axes"]), cells, dict(doc["stats"]), dict(doc["base"]),
-                              dict(doc["grid"]), dict(doc.get("query_paths", {})))
+                              dict(doc["grid"]), dict(doc.get("query_paths", {})), str(doc.get("data_root", "")))
     except (ValueError, KeyError, TypeError) as exc:
         raise RkitError(f"{path} is not an ablation results file written by `rkit ablate` ({exc})") from exc

@@ -421,12 +421,7 @@ def write_ablation_report(ablation_dir: str | Path, out_file: str | Path, *, ima
     result = load_ablation(ablation_dir)
     plt = _pyplot()
     embedder = ImageEmbedder(out_file, link_images)
-    plan_file = ablation_dir / "ablation.json"
-    data_root = None
-    if images_root is not None:
-        data_root = Path(images_root)
-    elif plan_file.is_file():
-        data_root = Path(json.loads(plan_file.read_text()).get("data", {}).get("data") or ".")
+    data_root = Path(images_root) if images_root is not None else Path(result.data_root) if result.data_root else None
     axes = result.axes or ["pooling"]
     ok = [c for c in result.cells if c.status == "ok" and c.map is not None]
 

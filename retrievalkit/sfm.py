@@ -9,7 +9,8 @@ collection"), with pycolmap (COLMAP) doing the geometry:
    the top-k neighbours of every image by an off-the-shelf global descriptor (as retrieval-
    guided SfM pipelines do), made symmetric.
 3. ``matches``   SIFT matching and geometric verification of those pairs.
-4. ``mapping``   incremental mapping; every reconstructed 3D model is a cluster.
+4. ``mapping``   incremental mapping of each connected group of the match graph; every
+   reconstructed 3D model is a cluster (models sharing an image are merged into one).
 5. ``database``  the training database (:class:`~retrievalkit.trainingdb.TrainingDatabase`) with
    each registered image's model, camera, 3D points and their depths, plus the pair statistics.
 
@@ -170,11 +171,9 @@ def neighbour_pairs(descriptors: np.ndarray, names: Sequence[str], k: int) -> li
     k = max(0, min(k, n - 1))
     if k == 0:
         return []
-    try:
-        from .index import build_index, search
-        _, ids = search(build_index(descriptors, "flat"), descriptors, k + 1)
-    except ImportError:  # retrievalkit.index not available: plain numpy top-k
-        ids = np.argsort(-(descriptors @ descriptors.T), axis=1, kind="stable")[:, :k + 1]
+    from .index import build_index, search
+
+    _, ids = search(build_index(descriptors, "flat"), descriptors, k + 1)
     chosen: set[tuple[int, int]] = set()
     for a in range(n):
         for b in [int(x) for x in ids[a] if int(x) != a and int(x) >= 0][:k]:

@@ -260,3 +260,76 @@ def test_synthetic_co_visibility_follows_the_truth(synthetic_reconstruction):
     # grid of everything geometrically visible: the counts correlate, but only moderately
     # (docs/sfm.md, "Checked against the truth"); 0.5 measured.
     assert spearmanr(recovered, true)[0] > 0.3
+
+
+class _StubImage:
+    def __init__(self, name):
+        self.name = name
+
+
+class _StubModel:
+    """Just what the model-merging step reads of a pycolmap Reconstruction."""
+
+    def __init__(self, names):
+        self.images = {k: _StubImage(n) for k, n in enumerate(names)}
+
+    def reg_image_ids(self):
+        return list(self.images)
+
+
+def test_models_sharing_an_image_become_one_cluster():
+    from retrievalkit.sfm import _merge_models_sharing_images
+
+    models = [_StubModel(["a", "b", "c"]), _StubModel(["x", "y", "z"]), _StubModel(["c", "d"]),
+              _StubModel(["p", "q", "r"]), _StubModel(["d", "e"])]
+    # model 2 shares c with model 0, model 4 shares d with model 2: all one place
+    assert _merge_models_sharing_images(models) == [0, 1, 0, 2, 0]
+
+
+def test_match_graph_components_group_linked_images(tmp_path):
+    from retrievalkit.sfm import match_graph_components
+
+    db_path = tmp_path / "colmap.db"
+    names = [f"im{k}.jpg" for k in range(6)]
+    with pycolmap.Database.open(db_path) as db:
+        camera = db.write_camera(pycolmap.Camera.create_from_model_name(0, "SIMPLE_PINHOLE", 100.0, 64, 64))
+        ids = [db.write_image(pycolmap.Image(name=n, camera_id=camera)) for n in names]
+        for a, b, inliers in [(0, 1, 40), (1, 2, 40), (3, 4, 40), (4, 5, 5)]:
+            geometry = pycolmap.TwoViewGeometry()
+            geometry.config = pycolmap.TwoViewGeometryConfiguration.CALIBRATED
+            geometry.inlier_matches = np.stack([np.arange(inliers), np.arange(inliers)], 1).astype(np.uint32)
+            db.write_two_view_geometry(ids[a], ids[b], geometry)
+    groups = match_graph_components(db_path, names, min_inliers=15)
+    # the 4-5 link has too few inliers: 5 is alone
+    assert groups == [["im0.jpg", "im1.jpg", "im2.jpg"], ["im3.jpg", "im4.jpg"], ["im5.jpg"]]
+
+
+@pytest.mark.landmarks
+def test_cli_runs_and_reports(church, tmp_path, capsys):
+    main(["sfm", str(church), "--out", str(tmp_path / "out"), "--image-size", "320", "--max-features", "2048",
+          "--threads", "1", "--no-split-groups", "--init-max-forward-motion", "0.99"])
+    out = capsys.readouterr().out
+    assert "images in 1 models" in out and "registered" in out
+    assert "not registered (2): noise/noise0.png noise/noise1.png" in out
+    assert "unreadable (1): broken.jpg" in out
+    mapping = json.loads((tmp_path / "out" / "stages" / "mapping.json").read_text())["options"]
+    assert mapping["split_components"] is False and mapping["init_max_forward_motion"] == 0.99
+    main(["sfm", "--stats", str(tmp_path / "out"), "--json"])
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["models"] == 1 and stats["unregistered_images"] == 2 and stats["has_points"] is True
+
+
+@pytest.mark.landmarks
+@pytest.mark.slow
+def test_retrieval_descriptors_of_the_off_the_shelf_model(church):
+    from retrievalkit.sfm import retrieval_descriptors
+
+    names = find_images(church)
+    names.remove("broken.jpg")
+    descriptors = retrieval_descriptors(church, names, SfmOptions(descriptor_image_size=96, device="cpu"),
+                                        progress=False)
+    assert descriptors.shape == (len(names), 1280)
+    assert np.allclose(np.linalg.norm(descriptors, axis=1), 1, atol=1e-4)
+    # a church photo's nearest neighbour is another church photo, not a noise image
+    pairs = neighbour_pairs(descriptors, names, 1)
+    assert all(a.startswith("church/") and b.startswith("church/") for a, b in pairs if "church/" in a)

@@ -31,7 +31,7 @@ from ..config import write_resolved_config
 @click.option("--weights", default=DEFAULT_SETTINGS["weights"], show_default=True,
               help="Backbone weights: imagenet, none or a state-dict file.")
 @click.option("--pooling", default=DEFAULT_SETTINGS["pooling"], show_default=True)
-@click.option("--image-size", type=int, default=int(DEFAULT_SETTINGS["image_size"]), show_default=True,
+@click.option("--image-size", type=click.IntRange(min=1), default=int(DEFAULT_SETTINGS["image_size"]), show_default=True,
               help="Longest image side in pixels at scale 1.")
 @click.option("--scales", default=DEFAULT_SETTINGS["scales"], show_default=True,
               help="Scales joined by '+' or ',' (1+0.707+0.5).")
@@ -40,8 +40,10 @@ from ..config import write_resolved_config
 @click.option("--dim", default=DEFAULT_SETTINGS["dim"], show_default=True,
               help="Output dimension after whitening, or 'full'.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--num-workers", type=int, default=2, show_default=True, help="Image decoding processes.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Most images of one shape per forward pass.")
+@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Image-decoding worker processes (0: decode in the main process).")
 @click.option("--refit-per-dim", is_flag=True,
               help="Fit each whitening for every dim, instead of fitting once and keeping its first "
                    "dim rows (for a third-party whitening whose rows are not ordered by importance).")

@@ -44,6 +44,8 @@ from ..errors import RkitError
               help="Mapper: max forward-motion share of the initial pair; 0.999 for street sequences.")
 @click.option("--abs-pose-min-inliers", default=30, show_default=True,
               help="Mapper: min inliers to register an image.")
+@click.option("--split-groups/--no-split-groups", default=True, show_default=True,
+              help="Map each group of images linked by verified pairs on its own.")
 @click.option("--min-num-matches", default=15, show_default=True, help="Min verified matches per pair.")
 @click.option("--camera-mode", type=click.Choice(["auto", "single", "per_image", "per_folder"]),
               default="auto", show_default=True, help="How images share camera intrinsics.")
@@ -56,7 +58,7 @@ def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, d
             root: Path | None, split: str, image_size: int, max_features: int, pairs: str, k: int,
             exhaustive_below: int, descriptor_model: str, descriptor_image_size: int,
             min_model_size: int, init_min_tri_angle: float, init_max_forward_motion: float,
-            abs_pose_min_inliers: int,
+            abs_pose_min_inliers: int, split_groups: bool,
             min_num_matches: int, camera_mode: str, threads: int, seed: int, device: str,
             verbose: bool, as_json: bool) -> None:
     """Structure-from-Motion on the photos in IMAGES -> training database in --out.
@@ -97,7 +99,7 @@ def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, d
         exhaustive_below=exhaustive_below, descriptor_model=descriptor_model,
         descriptor_image_size=descriptor_image_size, min_model_size=min_model_size,
         init_min_tri_angle=init_min_tri_angle, init_max_forward_motion=init_max_forward_motion,
-        abs_pose_min_num_inliers=abs_pose_min_inliers,
+        abs_pose_min_num_inliers=abs_pose_min_inliers, split_components=split_groups,
         min_num_matches=min_num_matches, camera_mode=camera_mode, num_threads=threads, seed=seed,
         device=device,
     )
