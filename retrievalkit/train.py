@@ -209,7 +209,7 @@ def check_training_setup(db: TrainingDatabase, config: TrainConfig, candidates: 
                         f"other models, so at least 2 are needed. Reconstruct more places with `rkit sfm`.")
     if len(candidates) == 0:
         raise RkitError("no image of the training database shares 3D points with another image, so no "
-                        "query has a positive; check the `rkit sfm` output (`rkit sfm --summary`).")
+                        "query has a positive; check the `rkit sfm` output (`rkit sfm --stats DIR`).")
     if config.queries_per_epoch < 0 or config.queries_per_epoch > len(candidates):
         raise RkitError(f"--queries {config.queries_per_epoch} asked for, but only {len(candidates)} images "
                         f"of the database have a positive: use --queries {len(candidates)} or fewer (0 = all)")

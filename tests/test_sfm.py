@@ -256,10 +256,14 @@ def test_synthetic_co_visibility_follows_the_truth(synthetic_reconstruction):
     assert all(db.shared_points(q, i) > 0 for q, i in pairs)
     recovered = [db.shared_points(q, i) for q, i in pairs]
     true = [truth.shared_points(index[q], index[i]) for q, i in pairs]
-    # SfM points are image-uniform and need matchable views, the true points are a world-uniform
-    # grid of everything geometrically visible: the counts correlate, but only moderately
-    # (docs/sfm.md, "Checked against the truth"); 0.5 measured.
-    assert spearmanr(recovered, true)[0] > 0.3
+    # The true points model matchable texture detail (synthetic_ground_truth: a detail is seen
+    # where it is at least a pixel large and the surface faces the camera), so both the counts
+    # and the overlap fractions rank the pairs as SfM does: measured Spearman 0.65-0.84 for the
+    # counts and 0.66-0.74 for the overlaps on seeds 0 and 1 (docs/sfm.md).
+    assert spearmanr(recovered, true)[0] > 0.5
+    recovered_overlap = [db.overlap(q, i) for q, i in pairs]
+    true_overlap = [truth.overlap(index[q], index[i]) for q, i in pairs]
+    assert spearmanr(recovered_overlap, true_overlap)[0] > 0.5
 
 
 class _StubImage:
@@ -284,6 +288,9 @@ def test_models_sharing_an_image_become_one_cluster():
               _StubModel(["p", "q", "r"]), _StubModel(["d", "e"])]
     # model 2 shares c with model 0, model 4 shares d with model 2: all one place
     assert _merge_models_sharing_images(models) == [0, 1, 0, 2, 0]
+    # x..z and p..r in one group of the match graph: one place that COLMAP split in two models
+    assert _merge_models_sharing_images(models, [["a", "b", "c", "d", "e"], ["p", "q", "r", "x", "y", "z"]]) \
+        == [0, 1, 0, 1, 0]
 
 
 def test_match_graph_components_group_linked_images(tmp_path):

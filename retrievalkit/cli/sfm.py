@@ -13,6 +13,9 @@ from pathlib import Path
 import click
 
 from ..errors import RkitError
+from ..sfm import SfmOptions
+
+_DEFAULTS = SfmOptions()
 
 
 @click.command("sfm")
@@ -26,32 +29,32 @@ from ..errors import RkitError
 @click.option("--root", type=click.Path(path_type=Path),
               help="With --import-dbpkl: the folder holding ims/ (image paths are relative to it).")
 @click.option("--split", default="train", show_default=True, help="With --import-dbpkl: train or val.")
-@click.option("--image-size", default=1024, show_default=True, help="SIFT image size (longest side, px).")
-@click.option("--max-features", default=8192, show_default=True, help="SIFT features per image.")
-@click.option("--pairs", type=click.Choice(["auto", "exhaustive", "retrieval"]), default="auto",
+@click.option("--image-size", default=_DEFAULTS.image_size, show_default=True, help="SIFT image size (longest side, px).")
+@click.option("--max-features", default=_DEFAULTS.max_features, show_default=True, help="SIFT features per image.")
+@click.option("--pairs", type=click.Choice(["auto", "exhaustive", "retrieval"]), default=_DEFAULTS.pairs,
               show_default=True, help="Which pairs to match (auto: exhaustive for small folders).")
-@click.option("-k", "--k", "k", default=20, show_default=True, help="Neighbours per image for retrieval pairs.")
-@click.option("--exhaustive-below", default=50, show_default=True,
+@click.option("-k", "--k", "k", default=_DEFAULTS.k, show_default=True, help="Neighbours per image for retrieval pairs.")
+@click.option("--exhaustive-below", default=_DEFAULTS.exhaustive_below, show_default=True,
               help="With --pairs auto: match exhaustively up to this many images.")
-@click.option("--descriptor-model", default="efficientnet-lite0,gem", show_default=True,
+@click.option("--descriptor-model", default=_DEFAULTS.descriptor_model, show_default=True,
               help="For retrieval pairs: BACKBONE,POOLING (ImageNet weights) or a saved model folder.")
-@click.option("--descriptor-image-size", default=448, show_default=True, help="Image size for those descriptors.")
-@click.option("--min-model-size", default=3, show_default=True,
+@click.option("--descriptor-image-size", default=_DEFAULTS.descriptor_image_size, show_default=True, help="Image size for those descriptors.")
+@click.option("--min-model-size", default=_DEFAULTS.min_model_size, show_default=True,
               help="Smallest 3D model kept (registered images; COLMAP's default is 10).")
-@click.option("--init-min-tri-angle", default=16.0, show_default=True,
+@click.option("--init-min-tri-angle", default=_DEFAULTS.init_min_tri_angle, show_default=True,
               help="Mapper: min triangulation angle of the initial pair (deg); lower helps forward motion.")
-@click.option("--init-max-forward-motion", default=0.95, show_default=True,
+@click.option("--init-max-forward-motion", default=_DEFAULTS.init_max_forward_motion, show_default=True,
               help="Mapper: max forward-motion share of the initial pair; 0.999 for street sequences.")
-@click.option("--abs-pose-min-inliers", default=30, show_default=True,
+@click.option("--abs-pose-min-inliers", default=_DEFAULTS.abs_pose_min_num_inliers, show_default=True,
               help="Mapper: min inliers to register an image.")
-@click.option("--split-groups/--no-split-groups", default=True, show_default=True,
+@click.option("--split-groups/--no-split-groups", default=_DEFAULTS.split_components, show_default=True,
               help="Map each group of images linked by verified pairs on its own.")
-@click.option("--min-num-matches", default=15, show_default=True, help="Min verified matches per pair.")
+@click.option("--min-num-matches", default=_DEFAULTS.min_num_matches, show_default=True, help="Min verified matches per pair.")
 @click.option("--camera-mode", type=click.Choice(["auto", "single", "per_image", "per_folder"]),
-              default="auto", show_default=True, help="How images share camera intrinsics.")
-@click.option("--threads", default=-1, show_default=True, help="CPU threads for COLMAP (-1: all).")
-@click.option("--seed", default=0, show_default=True, help="Mapper random seed.")
-@click.option("--device", default="auto", show_default=True, help="torch device for retrieval descriptors.")
+              default=_DEFAULTS.camera_mode, show_default=True, help="How images share camera intrinsics.")
+@click.option("--threads", default=_DEFAULTS.num_threads, show_default=True, help="CPU threads for COLMAP (-1: all).")
+@click.option("--seed", default=_DEFAULTS.seed, show_default=True, help="Mapper random seed.")
+@click.option("--device", default=_DEFAULTS.device, show_default=True, help="torch device for retrieval descriptors.")
 @click.option("--verbose", is_flag=True, help="Show COLMAP's own log.")
 @click.option("--json", "as_json", is_flag=True, help="With --stats: machine-readable output.")
 def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, dbpkl: Path | None,
