@@ -537,7 +537,8 @@ class Trainer:
         whitening = self.fit_final_whitening()
         model_dir = self.model.save(self.run_dir / MODEL_DIR, extra={"training": {
             "run_dir": str(self.run_dir), "epochs": self.epoch, "miner": config.miner,
-            "negatives": config.negatives, "loss": config.loss, "whitening": whitening}})
+            "negatives": config.negatives, "loss": config.loss, "image_size": config.image_size,
+            "whitening": whitening}})
         summary = {"epochs": self.epoch, "final_loss": self.metrics[-1]["loss"] if self.metrics else None,
                    "whitening": whitening, "whitening_s": round(time.perf_counter() - whitening_started, 3),
                    "train_s_this_session": round(time.perf_counter() - started, 3),
