@@ -21,6 +21,16 @@ def test_failed_write_leaves_previous_file_and_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_output_gets_ordinary_permissions(tmp_path):
+    import os
+
+    target = tmp_path / "shared.txt"
+    write_text_atomic(target, "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_descriptor_set_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(3, 4)).astype(np.float64)

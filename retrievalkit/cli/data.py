@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from ..config import write_resolved_config
 from ..errors import RkitError
 
 
@@ -60,4 +61,5 @@ def synth(out_dir: Path, preset: str, seed: int, num_scenes: int | None, views_p
     path = generate_synthetic(out_dir, preset=preset, seed=seed, num_scenes=num_scenes,
                               views_per_scene=views_per_scene, image_size=params.image_size,
                               overwrite=overwrite, progress=True)
+    write_resolved_config(out_dir)
     click.echo(f"{path}: {summary} ({time.perf_counter() - start:.1f} s)")

@@ -15,6 +15,7 @@ import click
 import numpy as np
 
 from ..atomic import write_text_atomic
+from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..evaluate import (DEFAULT_KS, EvaluationResult, evaluate_folder_collection, evaluate_revisited,
@@ -154,6 +155,7 @@ def _folder(source: Path, options: ModelOptions, ks: list[int], save_descriptors
         document = rankings_document({"all": result}, dset.paths, dset.paths, root=dset.meta.get("root"),
                                      protocol="folder", meta={"source": str(source), "descriptors_meta": dset.meta})
         write_text_atomic(save_rankings, json.dumps(document) + "\n")
+        write_resolved_config(save_rankings)
     if not as_json:
         _print_folder(report, result)
     return report
@@ -249,6 +251,7 @@ def _revisited(source: Path | None, name: str, data_root: Path, query_descriptor
                                      meta={"dataset": name, "query_crops": [list(b) if b else None for b in dataset.boxes],
                                            "descriptors_meta": database.meta})
         write_text_atomic(save_rankings, json.dumps(document) + "\n")
+        write_resolved_config(save_rankings)
     if not as_json:
         click.echo(f"{name}: {len(dataset.queries)} queries, {len(dataset.images)} images, {database.dim}-D")
         click.echo(f"{'setting':<9} {'mAP':>7}" + "".join(f" {'mP@' + str(k):>7}" for k in ks) + f" {'queries':>8}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..extract import extract_descriptors, list_images, pooling_exponent
@@ -67,6 +68,7 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
         failed=[[p, r] for p, r in result.failed], seconds=round(result.seconds, 3),
     )
     DescriptorSet(descriptors, result.paths, meta).save(out)
+    write_resolved_config(out)  # OUT.rkit-config.toml: the options this ran with
 
     click.echo(
         f"extracted {len(result.paths)} of {len(paths)} images -> {descriptors.shape[1]}-D descriptors in "

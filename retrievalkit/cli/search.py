@@ -17,6 +17,7 @@ import click
 import numpy as np
 
 from ..atomic import write_text_atomic
+from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..index import INDEX_KINDS, build_index, search
@@ -136,6 +137,7 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
         click.echo(text, nl=False)
     else:
         write_text_atomic(out, text)
+        write_resolved_config(out)
         click.echo(f"wrote {len(names)} x {ids.shape[1]} results to {out}", err=True)
 
 

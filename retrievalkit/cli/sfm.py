@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from ..config import write_resolved_config
 from ..errors import RkitError
 from ..sfm import SfmOptions
 
@@ -108,6 +109,7 @@ def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, d
     )
     result = run_sfm(images, out_dir, options, log=lambda m: click.echo(m, err=True),
                      verbose=verbose)
+    write_resolved_config(out_dir)
     timing = ", ".join(f"{stage} {sec:.1f} s" for stage, sec in result.timings.items())
     click.echo(f"registered {len(result.registered)} of {len(result.registered) + len(result.unregistered)} "
                f"images in {result.num_models} models; {timing}")

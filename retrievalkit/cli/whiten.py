@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..whitening import DEFAULT_MAX_PAIRS, FittedWhitening, WhiteningData, fit_whitening, read_pairs_file
@@ -94,6 +95,7 @@ def fit_command(descriptors: Path, method: str, dim: int | None, labels_spec: st
                         "descriptors_meta": {k: v for k, v in dset.meta.items() if k in
                                              ("model", "backbone", "pooling", "image_size", "scales")}})
     fitted.save(out)
+    write_resolved_config(out)
     counts = f"{len(dset)} descriptors"
     if "n_positive_pairs" in fitted.meta:
         counts += f", {fitted.meta['n_positive_pairs']} matching and {fitted.meta['n_negative_pairs']} non-matching pairs"
@@ -126,5 +128,6 @@ def apply_command(descriptors: Path, whitening_file: Path, out: Path) -> None:
     meta = {k: v for k, v in dset.meta.items() if k != "format_version"}
     meta["whitening"] = fitted.describe(whitening_file)
     DescriptorSet(fitted.apply(dset.descriptors), dset.paths, meta).save(out)
+    write_resolved_config(out)
     click.echo(f"whitened {len(dset)} descriptors {fitted.in_dim} -> {fitted.out_dim} D with "
                f"{fitted.method} in {time.perf_counter() - start:.1f} s; wrote {out}")
