@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path, write_text_atomic
+from .components import ComponentSpec
 from .errors import RkitError
 from .mining import NegativeMiner, PositiveMiner, check_enough_negatives
 from .model import ModelConfig, RetrievalModel, build_model
@@ -230,6 +231,27 @@ def check_training_setup(db: TrainingDatabase, config: TrainConfig, candidates: 
         raise RkitError(f"--lr must be a positive number, got {config.lr}")
 
 
+def build_training_components(config: TrainConfig, host: PluginHost) -> tuple[PositiveMiner, NegativeMiner, nn.Module]:
+    """Build the miners and the loss, and check every component name of ``config``.
+
+    Called before the training data is loaded or built, so a typo in a component name or option
+    is reported at once rather than after minutes of SfM.
+    """
+    positive: PositiveMiner = host.build("miner", config.miner)
+    negative: NegativeMiner = host.build("miner", config.negatives)
+    for miner, spec, role, flag in ((positive, config.miner, "positive", "--miner"),
+                                    (negative, config.negatives, "negative", "--negatives")):
+        if getattr(miner, "role", None) != role:
+            fitting = [name for name in host.names("miner")
+                       if getattr(host.build("miner", name), "role", None) == role]
+            raise RkitError(f"{flag} needs a {role} miner, but {spec!r} is a {getattr(miner, 'role', '?')} "
+                            f"miner; the {role} miners are: {', '.join(fitting)}")
+    loss: nn.Module = host.build("loss", config.loss)
+    for kind, spec in (("backbone", config.backbone), ("pooling", config.pooling), ("whitening", config.whiten)):
+        host.get(kind, ComponentSpec.parse(spec).name)
+    return positive, negative, loss
+
+
 # -- images ----------------------------------------------------------------------------------
 
 def load_training_image(path: Path, image_size: int) -> torch.Tensor:
@@ -271,18 +293,10 @@ class Trainer:
         self.host = host or get_host()
         self.run_dir = Path(config.run_dir)
         self.device = resolve_device(config.device)
-        self.positive_miner: PositiveMiner = self.host.build("miner", config.miner)
-        self.negative_miner: NegativeMiner = self.host.build("miner", config.negatives)
-        for miner, spec, role, flag in ((self.positive_miner, config.miner, "positive", "--miner"),
-                                        (self.negative_miner, config.negatives, "negative", "--negatives")):
-            if getattr(miner, "role", None) != role:
-                fitting = [name for name in self.host.names("miner")
-                           if getattr(self.host.build("miner", name), "role", None) == role]
-                raise RkitError(f"{flag} needs a {role} miner, but {spec!r} is a {getattr(miner, 'role', '?')} "
-                                f"miner; the {role} miners are: {', '.join(fitting)}")
+        self.positive_miner, self.negative_miner, self.loss_fn = build_training_components(config, self.host)
+        for miner, spec in ((self.positive_miner, config.miner), (self.negative_miner, config.negatives)):
             if getattr(miner, "needs_points", False):
                 db.require_points(f"the {spec} miner")
-        self.loss_fn: nn.Module = self.host.build("loss", config.loss)
         self.candidates = query_candidates(db)
         check_training_setup(db, config, self.candidates)
         self.model: RetrievalModel = build_model(ModelConfig(config.backbone, config.pooling, config.weights),
@@ -587,6 +601,8 @@ def train(config: TrainConfig, *, resume: bool = False, database: TrainingDataba
     elif checkpoint.is_file():
         raise RkitError(f"{run_dir} already holds a training run: continue it with --resume, or choose "
                         f"another --run-dir")
+    host = host or get_host()
+    build_training_components(config, host)  # fail on a bad component before building any data
     db = database if database is not None else load_training_data(config, log)
     trainer = Trainer(config, db, host=host, log=log)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -236,3 +236,16 @@ def test_cli_trains_and_resumes(tmp_path, database, host, monkeypatch):
                                 "--no-progress"])
     assert again.exit_code == 0, again.output
     assert len((tmp_path / "run" / METRICS_NAME).read_text().splitlines()) == 2
+
+
+def test_a_bad_component_fails_before_the_training_data_is_built(tmp_path, host, monkeypatch):
+    import retrievalkit.train as train_module
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the training data was loaded before the components were checked")
+
+    monkeypatch.setattr(train_module, "load_training_data", must_not_run)
+    for bad in ({"miner": "m4"}, {"loss": "contrastiv"}, {"pooling": "macc"}, {"whiten": "lernd"},
+                {"miner": "m3:t_x=1"}):
+        with pytest.raises(RkitError):
+            train(TrainConfig(run_dir=str(tmp_path / "run"), **bad), host=host)
