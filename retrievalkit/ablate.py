@@ -57,14 +57,15 @@ from .atomic import write_text_atomic
 from .components import ComponentSpec
 from .descriptors import DescriptorSet
 from .errors import RkitError
+from .model import ModelConfig
 
 ABLATION_FORMAT_VERSION = 1
 
 #: Settings of a cell, in display order, with their defaults.
 DEFAULT_SETTINGS: dict[str, str] = {
-    "backbone": "efficientnet-lite0",
-    "weights": "imagenet",
-    "pooling": "gem",
+    "backbone": ModelConfig.backbone,
+    "weights": ModelConfig.weights,
+    "pooling": ModelConfig.pooling,
     "image_size": "1024",
     "scales": "1",
     "whiten": "none",
@@ -121,17 +122,6 @@ def parse_grid(items: Sequence[str] | Mapping[str, Sequence[Any] | Any]) -> dict
         grid.setdefault(axis, [])
         grid[axis] += [v for v in cleaned if v not in grid[axis]]
     return grid
-
-
-def parse_scales(text: str) -> tuple[float, ...]:
-    """``"1+0.707+0.5"`` -> ``(1.0, 0.707, 0.5)``."""
-    try:
-        scales = tuple(float(s) for s in str(text).replace(" ", "+").split("+") if s)
-    except ValueError:
-        raise RkitError(f"cannot read scales {text!r}: write numbers joined by '+', e.g. 1+0.707+0.5") from None
-    if not scales or any(s <= 0 for s in scales):
-        raise RkitError(f"scales {text!r} must be positive numbers joined by '+', e.g. 1+0.707+0.5")
-    return scales
 
 
 def parse_dim(text: str) -> int | None:
@@ -461,7 +451,7 @@ class _Extractor:
 
     def collection(self, settings: Mapping[str, str], group: str, which: str, root: Path,
                    paths: list[str]) -> _Collection:
-        from .extract import extract_descriptors
+        from .extract import extract_descriptors, parse_scales
         from .model import ModelConfig, build_model
 
         target = self.options.out_dir / "descriptors" / f"{group}-{which}.npz"
@@ -478,7 +468,7 @@ class _Extractor:
         image_size = int(settings["image_size"])
         result = extract_descriptors(
             self.models[key], paths, root=root, image_size=image_size,
-            scales=parse_scales(settings["scales"]), batch_size=self.options.batch_size,
+            scales=parse_scales(settings["scales"], separator="+"), batch_size=self.options.batch_size,
             device=self.options.device, num_workers=self.options.num_workers,
             progress=self.options.progress, checkpoint=target.with_suffix(".partial"),
         )

@@ -213,6 +213,24 @@ def _save_checkpoint(path: Path, fingerprint: str, done: dict[tuple[int, int], n
 
 
 # -- combining scales --------------------------------------------------------------------------------
+def parse_scales(text: str, separator: str = ",", what: str = "scales") -> tuple[float, ...]:
+    """Read a list of positive scales: ``"1,0.707,0.5"`` -> ``(1.0, 0.707, 0.5)``.
+
+    ``rkit extract --scales`` separates them by commas; an ablation grid value, whose values are
+    already comma-separated, joins them with ``+`` (``separator="+"``). ``what`` names the
+    value in the error message (``--scales`` on the command line).
+    """
+    example = separator.join(["1", "0.707", "0.5"])
+    message = f"{what} {text!r}: write positive numbers separated by {separator!r}, e.g. {example}"
+    try:
+        scales = tuple(float(part) for part in str(text).split(separator) if part.strip())
+    except ValueError:
+        raise RkitError(message) from None
+    if not scales or any(not s > 0 or s == float("inf") for s in scales):
+        raise RkitError(message)
+    return scales
+
+
 def combine_scales(per_scale: torch.Tensor, p: float | None) -> torch.Tensor:
     """Combine ``(S, ..., D)`` L2-normalised descriptors of S scales into L2-normalised ``(..., D)``.
 

@@ -15,17 +15,6 @@ from .options import ModelOptions, model_options
 _SHOWN_FAILURES = 20
 
 
-def parse_scales(text: str) -> list[float]:
-    """``"1,0.707,0.5"`` -> ``[1.0, 0.707, 0.5]``; each scale must be a positive number."""
-    try:
-        scales = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise RkitError(f"--scales {text!r}: write comma-separated positive numbers, e.g. 1,0.707,0.5") from None
-    if not scales or any(not s > 0 or s == float("inf") for s in scales):
-        raise RkitError(f"--scales {text!r}: write comma-separated positive numbers, e.g. 1,0.707,0.5")
-    return scales
-
-
 @click.command("extract")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @model_options

@@ -26,23 +26,18 @@ import click
 from click.core import ParameterSource
 
 from ..errors import RkitError
+from ..extract import parse_scales
+from ..model import ModelConfig
 
 if TYPE_CHECKING:
     from ..model import RetrievalModel
     from ..whitening import FittedWhitening
 
-#: the defaults of ``rkit extract``
-DEFAULT_BACKBONE = "efficientnet-lite0"
-DEFAULT_POOLING = "gem"
-DEFAULT_WEIGHTS = "imagenet"
+#: the defaults of ``rkit extract``: the model's own (:class:`retrievalkit.model.ModelConfig`)
+DEFAULT_BACKBONE = ModelConfig.backbone
+DEFAULT_POOLING = ModelConfig.pooling
+DEFAULT_WEIGHTS = ModelConfig.weights
 DEFAULT_IMAGE_SIZE = 1024
-
-
-def parse_scales(text: str) -> list[float]:
-    """``"1,0.707,0.5"`` -> ``[1.0, 0.707, 0.5]`` (the parser of ``rkit extract --scales``)."""
-    from .extract import parse_scales as parse
-
-    return parse(text)
 
 
 @dataclasses.dataclass
@@ -185,7 +180,7 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
             _TYPED_NAMES.get(name, name) for name in _PARAMS
             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
         )
-        values["scales"] = parse_scales(values["scales"])
+        values["scales"] = list(parse_scales(values["scales"], what="--scales"))
         kwargs["model_options"] = ModelOptions(**values, typed=typed, command_line=command_line)
         return func(*args, **kwargs)
 
