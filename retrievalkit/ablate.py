@@ -441,6 +441,12 @@ def _labels_for(paths: Sequence[str]) -> list[str]:
     return folder_labels(paths)
 
 
+def _model_key(settings: Mapping[str, str]) -> tuple[str, ...]:
+    """The settings the network depends on: extraction groups that differ only in image size or
+    scales share one model."""
+    return (settings["backbone"], settings["weights"], settings["pooling"])
+
+
 class _Extractor:
     """Extracts (or loads) one collection's descriptors for one extraction key."""
 
@@ -459,7 +465,7 @@ class _Extractor:
             stored = DescriptorSet.load(target)
             return _Collection(stored.descriptors, stored.paths, _labels_for(stored.paths),
                                float(stored.meta.get("seconds", 0.0)), True)
-        key = tuple(settings[k] for k in EXTRACTION_KEYS)
+        key = _model_key(settings)
         if key not in self.models:
             self.models.clear()  # one model in memory at a time
             config = ModelConfig(backbone=settings["backbone"], pooling=settings["pooling"],
@@ -532,6 +538,11 @@ def run_ablation(base: Mapping[str, str], grid: Mapping[str, Sequence[str]], opt
     groups: dict[tuple[str, ...], list[Cell]] = {}
     for cell in cells:
         groups.setdefault(cell.extraction_key, []).append(cell)
+    # groups of one model next to each other, so the extractor builds each model once
+    first_of_model: dict[tuple[str, ...], int] = {}
+    for members in groups.values():
+        first_of_model.setdefault(_model_key(members[0].settings), len(first_of_model))
+    groups = dict(sorted(groups.items(), key=lambda item: first_of_model[_model_key(item[1][0].settings)]))
 
     extractor = _Extractor(options, echo)
     fits = WhiteningFits(out / "whitenings", share=options.share_whitening_fits)

@@ -66,8 +66,8 @@ class DescriptorSet:
                 descriptors = data["descriptors"]
                 paths = [str(p) for p in data["paths"]]
                 meta = json.loads(str(data["meta"])) if "meta" in data else {}
+            return cls(descriptors, paths, meta)   # checks one (N, D) row per path
         except (OSError, KeyError, ValueError) as exc:
             raise RkitError(
                 f"{path} is not a descriptors file written by `rkit extract` ({exc})"
             ) from exc
-        return cls(descriptors, paths, meta)

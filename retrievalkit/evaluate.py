@@ -126,6 +126,17 @@ def _membership(rankings: np.ndarray, members: Sequence[Sequence[int]], n_databa
     return np.take_along_axis(table, np.where(rankings < 0, n_database, rankings), axis=1)
 
 
+def _one_ranking(ranked_ids: Sequence[Hashable], positives: Sequence[Hashable],
+                 junk: Sequence[Hashable] | None, ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ranking_statistics` of a single ranking of hashable ids (junk wins over positive)."""
+    junk_set = set(junk or ())
+    positive_set = set(positives) - junk_set
+    ranked = list(ranked_ids)
+    is_positive = np.array([r in positive_set for r in ranked], dtype=bool).reshape(1, len(ranked))
+    is_junk = np.array([r in junk_set for r in ranked], dtype=bool).reshape(1, len(ranked))
+    return ranking_statistics(is_positive, is_junk, np.array([len(positive_set)]), ks=ks)
+
+
 def average_precision(ranked_ids: Sequence[Hashable], positives: Sequence[Hashable],
                       junk: Sequence[Hashable] | None = None) -> float:
     """AP of one ranking (revisited protocol: junk removed, trapezoid rule).
@@ -133,24 +144,14 @@ def average_precision(ranked_ids: Sequence[Hashable], positives: Sequence[Hashab
     ``ranked_ids`` are any hashable ids (row numbers, file names) best first; positives that are
     not ranked still count in the number of positives. Returns ``nan`` without positives.
     """
-    junk_set = set(junk or ())
-    positive_set = set(positives) - junk_set
-    ranked = list(ranked_ids)
-    is_positive = np.array([[r in positive_set for r in ranked]], dtype=bool).reshape(1, len(ranked))
-    is_junk = np.array([[r in junk_set for r in ranked]], dtype=bool).reshape(1, len(ranked))
-    ap, _ = ranking_statistics(is_positive, is_junk, np.array([len(positive_set)]), ks=(1,))
+    ap, _ = _one_ranking(ranked_ids, positives, junk, ks=(1,))
     return float(ap[0])
 
 
 def precision_at_k(ranked_ids: Sequence[Hashable], positives: Sequence[Hashable], k: int,
                    junk: Sequence[Hashable] | None = None) -> float:
     """The revisited protocol's precision at ``k`` of one ranking (see the module docstring)."""
-    junk_set = set(junk or ())
-    positive_set = set(positives) - junk_set
-    ranked = list(ranked_ids)
-    is_positive = np.array([r in positive_set for r in ranked], dtype=bool).reshape(1, len(ranked))
-    is_junk = np.array([r in junk_set for r in ranked], dtype=bool).reshape(1, len(ranked))
-    _, precision = ranking_statistics(is_positive, is_junk, np.array([len(positive_set)]), ks=(k,))
+    _, precision = _one_ranking(ranked_ids, positives, junk, ks=(k,))
     return float(precision[0, 0])
 
 
@@ -273,8 +274,7 @@ def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashabl
         )
     if len(labels) < 2:
         raise RkitError(f"a folder collection needs at least 2 images to evaluate, got {len(labels)}")
-    label_list = [str(label) for label in labels]
-    classes, codes = np.unique(np.asarray(label_list, dtype=object).astype(str), return_inverse=True)
+    classes, codes = np.unique(np.asarray([str(label) for label in labels]), return_inverse=True)
     counts = np.bincount(codes)
     if counts.max() < 2:
         raise RkitError(

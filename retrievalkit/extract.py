@@ -173,6 +173,12 @@ def _worker_init(_: int) -> None:
 
 
 # -- checkpoints --------------------------------------------------------------------------------
+def partial_path(out: str | Path) -> Path:
+    """The resume checkpoint of the descriptors file ``out``: ``NAME.npz`` -> ``NAME.partial.npz``."""
+    out = Path(out)
+    return out.with_name(f"{out.name.removesuffix('.npz')}.partial.npz")
+
+
 def _fingerprint(model: RetrievalModel, files: Sequence[str], crops: Sequence[Box | None],
                  image_size: int, scales: Sequence[float]) -> str:
     with torch.no_grad():

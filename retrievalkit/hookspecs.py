@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pluggy
 
-from .components import Component
+from .components import KINDS, PLURAL, Component
 
 PROJECT = "retrievalkit"
 
@@ -88,11 +88,5 @@ def rkit_losses() -> list[Component]:
     """
 
 
-#: Hook name for each component kind.
-HOOK_FOR_KIND: dict[str, str] = {
-    "backbone": "rkit_backbones",
-    "pooling": "rkit_poolings",
-    "whitening": "rkit_whitenings",
-    "miner": "rkit_miners",
-    "loss": "rkit_losses",
-}
+#: Hook name for each component kind: ``rkit_`` + the plural (``backbone`` -> ``rkit_backbones``).
+HOOK_FOR_KIND: dict[str, str] = {kind: f"rkit_{PLURAL[kind]}" for kind in KINDS}

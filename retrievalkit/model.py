@@ -119,13 +119,23 @@ def load_model(directory: str | Path, host: PluginHost | None = None,
             f"{directory} is not a saved model: it needs model.json and weights.pt "
             f"(the output directory of `rkit train`, or RetrievalModel.save)"
         )
-    meta = json.loads(meta_path.read_text())
-    config = ModelConfig(backbone=meta["backbone"], pooling=meta["pooling"], weights="none")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        config = ModelConfig(backbone=meta["backbone"], pooling=meta["pooling"], weights="none")
+        whitening = meta.get("whitening")
+        whitening_shape = None if not whitening else (int(whitening["in_features"]), int(whitening["out_features"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RkitError(f"{meta_path} is damaged ({type(exc).__name__}: {exc}): save the model again "
+                        f"(`rkit train`, or RetrievalModel.save)") from None
     model = build_model(config, host)
     model.config.weights = meta.get("weights", "none")
-    if meta.get("whitening"):
-        shape = meta["whitening"]
-        model.set_whitening(nn.Linear(shape["in_features"], shape["out_features"]))
-    state = torch.load(weights_path, map_location=map_location, weights_only=True)
-    model.load_state_dict(state)
+    if whitening_shape is not None:
+        model.set_whitening(nn.Linear(*whitening_shape))
+    try:
+        state = torch.load(weights_path, map_location=map_location, weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # pickle, zip, or keys/shapes that do not fit model.json
+        raise RkitError(f"cannot load {weights_path} into the model {directory / 'model.json'} describes "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
+                        f"save the model again") from None
     return model

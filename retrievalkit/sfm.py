@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_text_atomic
+from .dbpkl import import_dbpkl  # re-exported: rkit sfm --import-dbpkl
 from .errors import RkitError
 from .trainingdb import JSON_NAME, TrainingDatabase, load_database
 
@@ -458,7 +459,20 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | N
             f"{images_dir} has {len(names)} readable image(s); SfM needs at least two photos of "
             f"the same place. Add photos (or fix the unreadable ones listed above)."
         )
+    spaced = [n for n in names if " " in n]
+    if spaced:  # checked before any work: the pairs file COLMAP matches is "name1 name2" per line
+        raise RkitError(f"image file names with spaces cannot be matched by a pairs file ({spaced[0]!r}"
+                        f"{f' and {len(spaced) - 1} more' if len(spaced) > 1 else ''}); rename them.")
     extra_features = {"images": len(names)}
+
+    components: list[list[str]] | None = None
+
+    def graph_components() -> list[list[str]]:
+        """The match graph's groups (:func:`match_graph_components`), read once per run."""
+        nonlocal components
+        if components is None:
+            components = match_graph_components(colmap_db, names, options.min_num_matches)
+        return components
 
     # 1. features ----------------------------------------------------------------------------
     if stages.done("features", extra_features):
@@ -532,8 +546,6 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | N
     else:
         start = time.perf_counter()
         pairs = [tuple(line.split(" ", 1)) for line in pairs_file.read_text().splitlines() if line.strip()]
-        if any(" " in n for n in names):
-            raise RkitError("image file names with spaces cannot be matched by a pairs file; rename them.")
         matching = pycolmap.FeatureMatchingOptions()
         matching.num_threads = options.num_threads
         verification = pycolmap.TwoViewGeometryOptions()
@@ -583,8 +595,7 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | N
         work = out_dir / "models.partial"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        groups = match_graph_components(colmap_db, names, options.min_num_matches) \
-            if options.split_components else [list(names)]
+        groups = graph_components() if options.split_components else [list(names)]
         groups = [g for g in groups if len(g) >= options.min_model_size]
         log(f"[mapping] incremental mapping of {len(groups)} connected group(s) of images "
             f"({', '.join(str(len(g)) for g in groups)}), min model size {options.min_model_size}")
@@ -632,8 +643,7 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | N
         log(f"[database] done earlier ({stages.seconds('database'):.1f} s)")
     else:
         start = time.perf_counter()
-        groups = match_graph_components(colmap_db, names, options.min_num_matches) \
-            if options.split_components else None
+        groups = graph_components() if options.split_components else None
         database = database_from_reconstructions(reconstructions, root=images_dir, groups=groups)
         registered = set(database.images)
         unregistered = [n for n in names if n not in registered]
@@ -682,10 +692,3 @@ def _partial_result(out_dir: Path, timings: dict[str, float], skipped: list[str]
 
 __all__ = ["SfmOptions", "SfmResult", "run_sfm", "find_images", "check_images", "exhaustive_pairs",
            "neighbour_pairs", "database_from_reconstructions", "load_database", "import_dbpkl", "STAGES"]
-
-
-def import_dbpkl(path: str | Path, root: str | Path | None = None, split: str = "train") -> TrainingDatabase:
-    """Import a retrieval-SfM ``db.pkl`` (see :func:`retrievalkit.dbpkl.import_dbpkl`)."""
-    from .dbpkl import import_dbpkl as _import
-
-    return _import(path, root, split=split)

@@ -138,7 +138,11 @@ class TrainResult:
 # -- training data ---------------------------------------------------------------------------
 
 def subset_database(db: TrainingDatabase, keep: Sequence[int] | np.ndarray) -> TrainingDatabase:
-    """A database with only the images ``keep`` (e.g. the training landmarks of a split)."""
+    """A database with only the images ``keep`` (e.g. the training landmarks of a split).
+
+    The pair-statistics cache is carried over (renumbered), so the subset's pair quantities
+    are read from it instead of being recomputed pair by pair.
+    """
     keep = np.asarray(keep, dtype=np.int64)
 
     def pick(items: Sequence[Any]) -> list[Any]:
@@ -151,6 +155,7 @@ def subset_database(db: TrainingDatabase, keep: Sequence[int] | np.ndarray) -> T
         centres=None if db.centres is None else np.asarray(db.centres)[keep],
         focals=None if db.focals is None else np.asarray(db.focals)[keep],
         root=db.root, meta={**db.meta, "subset_of": len(db)},
+        pair_cache=None if db.pair_cache is None else db.pair_cache.subset(keep, len(db)),
     )
 
 
@@ -188,7 +193,7 @@ def load_training_data(config: TrainConfig, log: Callable[[str], None] = print) 
         return synthetic_database(cache, config.progress, log)
     path = Path(config.data)
     if path.suffix == ".pkl":
-        from .sfm import import_dbpkl
+        from .dbpkl import import_dbpkl
 
         if config.images_root is None:
             raise RkitError(f"{path} is a db.pkl: give the folder of its images with --images-root")

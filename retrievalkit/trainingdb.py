@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,22 @@ class PairStatistics:
             self._index = {(int(a), int(b)): k for k, (a, b) in enumerate(self.pairs)}
         return self._index.get((q, i) if q < i else (i, q))
 
+    def subset(self, keep: np.ndarray, n_images: int) -> PairStatistics:
+        """The pairs among the images ``keep`` (of ``n_images``), renumbered ``0..len(keep)-1``
+        in the order of ``keep``; ``a < b`` is restored where the renumbering swaps a pair."""
+        new_index = np.full(n_images, -1, dtype=np.int64)
+        new_index[np.asarray(keep, dtype=np.int64)] = np.arange(len(keep))
+        a, b = new_index[self.pairs[:, 0]], new_index[self.pairs[:, 1]]
+        inside = (a >= 0) & (b >= 0)
+        a, b = a[inside], b[inside]
+        swap = a > b
+        ov_ab = np.where(swap, self.overlap_ba[inside], self.overlap_ab[inside])
+        ov_ba = np.where(swap, self.overlap_ab[inside], self.overlap_ba[inside])
+        pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
+        order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+        return PairStatistics(pairs[order], self.shared[inside][order], ov_ab[order], ov_ba[order],
+                              self.scale[inside][order])
+
     def partners(self, n_images: int) -> list[np.ndarray]:
         """For every image, the sorted images it shares points with."""
         out: list[list[int]] = [[] for _ in range(n_images)]
@@ -107,14 +124,26 @@ class TrainingDatabase:
         if self.point_ids is not None:
             if len(self.point_ids) != n:
                 raise ValueError("point_ids must have one array per image")
-            self.point_ids = [np.unique(np.asarray(p, dtype=np.int64)) if len(p) else np.zeros(0, np.int64)
-                              for p in self.point_ids]
-        if self.point_depths is not None and self.point_ids is not None:
-            self.point_depths = [np.asarray(d, dtype=np.float64) for d in self.point_depths]
-            for i, (p, d) in enumerate(zip(self.point_ids, self.point_depths)):
-                if len(p) != len(d):
-                    raise ValueError(f"image {i}: {len(p)} point ids but {len(d)} depths "
-                                     "(give depths in the order of the sorted, unique point ids)")
+            if self.point_depths is not None and len(self.point_depths) != n:
+                raise ValueError("point_depths must have one array per image")
+            ids: list[np.ndarray] = []
+            depths: list[np.ndarray] = []
+            for i, raw in enumerate(self.point_ids):
+                raw = np.asarray(raw, dtype=np.int64).reshape(-1)
+                unique, first = np.unique(raw, return_index=True)
+                ids.append(unique)
+                if self.point_depths is None:
+                    continue
+                d = np.asarray(self.point_depths[i], dtype=np.float64).reshape(-1)
+                if len(d) == len(raw):
+                    d = d[first]  # the depths follow the ids as given: keep them with their ids
+                elif len(d) != len(unique):
+                    raise ValueError(f"image {i}: {len(raw)} point ids but {len(d)} depths "
+                                     "(give one depth per point id)")
+                depths.append(d)
+            self.point_ids = ids
+            if self.point_depths is not None:
+                self.point_depths = depths
         if self.positive_pairs is not None:
             self.positive_pairs = np.asarray(self.positive_pairs, dtype=np.int64).reshape(-1, 2)
         if self.root is not None:
@@ -383,22 +412,26 @@ def load_database(path: str | Path) -> TrainingDatabase:
     arrays_path = header_path.parent / ARRAYS_NAME
     if not arrays_path.is_file():
         raise RkitError(f"{arrays_path} is missing; rebuild the database with `rkit sfm`.")
-    with np.load(arrays_path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
-    point_ids = point_depths = None
-    if "point_ids" in arrays:
-        offsets = arrays["point_offsets"]
-        point_ids = [arrays["point_ids"][offsets[k]:offsets[k + 1]] for k in range(len(offsets) - 1)]
-        if "point_depths" in arrays:
-            point_depths = [arrays["point_depths"][offsets[k]:offsets[k + 1]] for k in range(len(offsets) - 1)]
-    cache = None
-    if "pair_index" in arrays:
-        cache = PairStatistics(arrays["pair_index"], arrays["pair_shared"], arrays["pair_overlap_ab"],
-                               arrays["pair_overlap_ba"], arrays["pair_scale"])
-    root = header.get("root")
-    return TrainingDatabase(
-        images=list(header["images"]), clusters=arrays["clusters"], point_ids=point_ids,
-        point_depths=point_depths, centres=arrays.get("centres"), focals=arrays.get("focals"),
-        root=None if root is None else Path(root), meta=dict(header.get("meta", {})),
-        positive_pairs=arrays.get("positive_pairs"), pair_cache=cache,
-    )
+    try:
+        with np.load(arrays_path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+        point_ids = point_depths = None
+        if "point_ids" in arrays:
+            offsets = arrays["point_offsets"]
+            point_ids = [arrays["point_ids"][offsets[k]:offsets[k + 1]] for k in range(len(offsets) - 1)]
+            if "point_depths" in arrays:
+                point_depths = [arrays["point_depths"][offsets[k]:offsets[k + 1]] for k in range(len(offsets) - 1)]
+        cache = None
+        if "pair_index" in arrays:
+            cache = PairStatistics(arrays["pair_index"], arrays["pair_shared"], arrays["pair_overlap_ab"],
+                                   arrays["pair_overlap_ba"], arrays["pair_scale"])
+        root = header.get("root")
+        return TrainingDatabase(
+            images=list(header["images"]), clusters=arrays["clusters"], point_ids=point_ids,
+            point_depths=point_depths, centres=arrays.get("centres"), focals=arrays.get("focals"),
+            root=None if root is None else Path(root), meta=dict(header.get("meta", {})),
+            positive_pairs=arrays.get("positive_pairs"), pair_cache=cache,
+        )
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise RkitError(f"{header_path.parent} holds a damaged training database ({type(exc).__name__}: "
+                        f"{exc}); rebuild it with `rkit sfm`.") from exc

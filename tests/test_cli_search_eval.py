@@ -229,6 +229,10 @@ def test_eval_revisited_extracts_cropped_queries(tmp_path, capsys):
     run("eval", tmp_path / "rf.npz", "--dataset", "rfake", "--data-root", tmp_path / "data",
         "--query-descriptors", tmp_path / "rf.queries.npz")
     assert capsys.readouterr().out == out
+    # queries extracted here are described like the database file says (mac, 64 px), not by defaults
+    run("eval", tmp_path / "rf.npz", "--dataset", "rfake", "--data-root", tmp_path / "data",
+        "--workers", "0", "--device", "cpu", "--no-progress")
+    assert capsys.readouterr().out == out
 
 
 def test_eval_descriptors_with_whitening_file(hand_db, tmp_path, capsys):

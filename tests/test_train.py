@@ -249,3 +249,26 @@ def test_a_bad_component_fails_before_the_training_data_is_built(tmp_path, host,
                 {"miner": "m3:t_x=1"}):
         with pytest.raises(RkitError):
             train(TrainConfig(run_dir=str(tmp_path / "run"), **bad), host=host)
+
+
+def test_subset_database_keeps_the_pair_cache_renumbered():
+    from retrievalkit.trainingdb import TrainingDatabase
+
+    def make() -> TrainingDatabase:
+        return TrainingDatabase(images=["a", "b", "c", "d"], clusters=[0, 0, 0, 1],
+                                point_ids=[[1, 2, 3, 4], [3, 4, 5], [1, 5], [20]],
+                                point_depths=[[2.0, 2, 4, 4], [1.0, 1, 3], [5.0, 6], [1.0]],
+                                focals=np.array([100.0, 100, 50, 10]), centres=np.zeros((4, 3)))
+
+    cached = make()
+    cached.use_pair_statistics()
+    keep = [2, 1, 0]
+    sub, direct = subset_database(cached, keep), subset_database(make(), keep)
+    assert sub.pair_cache is not None and direct.pair_cache is None
+    for q in range(3):
+        assert sub.co_observing(q).tolist() == direct.co_observing(q).tolist()
+        for i in range(3):
+            if i != q:
+                assert sub.shared_points(q, i) == direct.shared_points(q, i)
+                assert sub.overlap(q, i) == pytest.approx(direct.overlap(q, i))
+                assert sub.scale_change(q, i) == pytest.approx(direct.scale_change(q, i))

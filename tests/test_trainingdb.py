@@ -135,3 +135,20 @@ def test_summary_counts():
     assert summary["co_observing_pairs"] == 1
     assert summary["overlap_median"] == pytest.approx((0.5 + 2 / 3) / 2)
     assert summary["scale_change_median"] == pytest.approx(4.0)
+
+
+def test_depths_stay_with_their_ids_when_ids_are_given_unsorted():
+    # small_db's image 0 with its ids (and depths) in another order: same scale change
+    db = TrainingDatabase(images=["x", "y"], clusters=[0, 0],
+                          point_ids=[[4, 3, 1, 2], [3, 4, 5]], point_depths=[[4.0, 4, 2, 2], [1.0, 1, 3]],
+                          focals=np.array([100.0, 100]), centres=np.zeros((2, 3)))
+    assert db.point_ids[0].tolist() == [1, 2, 3, 4]
+    assert db.point_depths[0].tolist() == [2.0, 2.0, 4.0, 4.0]
+    assert db.scale_change(0, 1) == pytest.approx(4.0)
+
+
+def test_damaged_arrays_file_is_a_clear_error(tmp_path):
+    small_db().save(tmp_path / "db")
+    (tmp_path / "db" / ARRAYS_NAME).write_bytes(b"not a zip archive")
+    with pytest.raises(RkitError, match="damaged"):
+        load_database(tmp_path / "db")

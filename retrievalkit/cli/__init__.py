@@ -9,6 +9,7 @@ command has saved what it can.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..evaluate import (DEFAULT_KS, EvaluationResult, evaluate_folder_collection, evaluate_revisited,
                         folder_labels, rankings_document)
+from ..extract import partial_path
 from .options import ModelOptions, extract_with_options, model_options
 
 
@@ -131,9 +133,7 @@ def _folder(source: Path, options: ModelOptions, ks: list[int], save_descriptors
         from ..extract import list_images
 
         root, paths = list_images(source)
-        checkpoint = None
-        if save_descriptors is not None:
-            checkpoint = save_descriptors.with_name(f"{save_descriptors.name.removesuffix('.npz')}.partial.npz")
+        checkpoint = partial_path(save_descriptors) if save_descriptors is not None else None
         result, meta = extract_with_options(options, paths, root=root, checkpoint=checkpoint, progress=progress)
         dset = DescriptorSet(result.descriptors, result.paths, {**meta, "source": str(source)})
         if save_descriptors is not None:
@@ -144,8 +144,9 @@ def _folder(source: Path, options: ModelOptions, ks: list[int], save_descriptors
     started = time.perf_counter()
     result = evaluate_folder_collection(dset.descriptors, labels, ks=ks, names=dset.paths)
     seconds = time.perf_counter() - started
-    classes = sorted(set(labels))
-    sizes = {c: labels.count(c) for c in classes}
+    counts = Counter(labels)
+    classes = sorted(counts)
+    sizes = {c: counts[c] for c in classes}
     report = {
         "protocol": "folder", "source": str(source), "images": len(dset), "classes": len(classes),
         "dim": dset.dim, **result.summary(),
@@ -194,9 +195,7 @@ def _revisited(source: Path | None, name: str, data_root: Path, query_descriptor
     if have_database:
         database = _whitened(DescriptorSet.load(source), options, "the database")
     else:
-        checkpoint = None
-        if save_descriptors is not None:
-            checkpoint = save_descriptors.with_name(f"{save_descriptors.name.removesuffix('.npz')}.partial.npz")
+        checkpoint = partial_path(save_descriptors) if save_descriptors is not None else None
         result, meta = extract_with_options(options, dataset.image_paths(), root=dataset.image_dir,
                                             checkpoint=checkpoint, progress=progress, what="database images")
         database = DescriptorSet(result.descriptors, result.paths, {**meta, "dataset": name})
@@ -212,9 +211,11 @@ def _revisited(source: Path | None, name: str, data_root: Path, query_descriptor
     if query_descriptors is not None:
         queries = _whitened(DescriptorSet.load(query_descriptors), options, "the query")
     else:
-        checkpoint = None
-        if save_descriptors is not None:
-            checkpoint = _queries_path(save_descriptors).with_suffix(".partial.npz")
+        if have_database and database.meta.get("model"):
+            # describe the queries like the database file was (typed options still win), as
+            # `rkit search` does: otherwise they would get this command's defaults
+            options = ModelOptions.from_descriptor_meta(database.meta, base=options)
+        checkpoint = partial_path(_queries_path(save_descriptors)) if save_descriptors is not None else None
         result, meta = extract_with_options(options, dataset.query_paths(), root=dataset.image_dir,
                                             crops=dataset.query_crops(), checkpoint=checkpoint,
                                             progress=progress, what="query crops")

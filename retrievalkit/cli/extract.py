@@ -9,7 +9,7 @@ import click
 from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
-from ..extract import extract_descriptors, list_images, pooling_exponent
+from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent
 from .options import ModelOptions, model_options
 
 _SHOWN_FAILURES = 20
@@ -35,7 +35,7 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
     """
     root, paths = list_images(source)
     model, whitening = model_options.build()
-    checkpoint = out.with_name(f"{out.name.removesuffix('.npz')}.partial.npz")
+    checkpoint = partial_path(out)
     if checkpoint.exists():
         if resume:
             click.echo(f"resuming from {checkpoint}", err=True)

@@ -96,7 +96,7 @@ def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, d
         return
     if images is None:
         raise RkitError("give the photo folder: rkit sfm IMAGES --out DIR (or --stats DIR).")
-    from ..sfm import SfmOptions, run_sfm
+    from ..sfm import run_sfm
 
     options = SfmOptions(
         image_size=image_size, max_features=max_features, pairs=pairs, k=k,
