@@ -85,6 +85,9 @@ def import_dbpkl(path: str | Path, root: str | Path | None = None, split: str = 
         raise RkitError(f"{path} has no split {split!r}; it has {', '.join(map(str, data)) or 'none'}. "
                         f"Choose one with --split.")
     entry = data[split]
+    if not isinstance(entry, dict):
+        raise RkitError(f"split {split!r} of {path} holds a {type(entry).__name__}, not the dict of "
+                        f"{', '.join(REQUIRED_KEYS)} of a retrieval-SfM db.pkl.")
     missing = [key for key in REQUIRED_KEYS if key not in entry]
     if missing:
         raise RkitError(f"split {split!r} of {path} lacks {', '.join(missing)}; a retrieval-SfM db.pkl "

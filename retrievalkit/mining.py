@@ -37,7 +37,7 @@ Descriptor-based miners find nearest neighbours with one faiss search for all qu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import faiss
@@ -116,6 +116,17 @@ def check_enough_negatives(db: TrainingDatabase, queries: np.ndarray, pool: np.n
         )
 
 
+def prepare_negatives(db: TrainingDatabase, queries: np.ndarray, pool: np.ndarray | None,
+                      num_negatives: int) -> tuple[np.ndarray, np.ndarray]:
+    """What every negative miner starts with: the queries as int64 and the resolved pool
+    (:func:`resolve_pool`), checked to hold ``num_negatives`` candidates outside each query's
+    model (:func:`check_enough_negatives`)."""
+    queries = np.asarray(queries, dtype=np.int64)
+    pool = resolve_pool(db, pool)
+    check_enough_negatives(db, queries, pool, num_negatives)
+    return queries, pool
+
+
 def nearest_neighbours(descriptors: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
                        k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` candidates closest to each query by inner product (= Euclidean for L2-normalised).
@@ -177,3 +188,14 @@ def first_per_model(db: TrainingDatabase, ranked: np.ndarray, count: int) -> np.
 def candidate_lists(db: TrainingDatabase, queries: Sequence[int]) -> list[np.ndarray]:
     """M(q) for each query (SPEC 4)."""
     return [db.co_observing(int(q)) for q in queries]
+
+
+def one_per_query(queries: Sequence[int], candidates: Sequence[np.ndarray],
+                  choose: Callable[[int, np.ndarray], int]) -> np.ndarray:
+    """What every positive miner returns: for each query ``q`` with a non-empty candidate list
+    ``c``, ``c[choose(q, c)]``; ``-1`` for a query without candidates."""
+    positives = np.full(len(queries), -1, dtype=np.int64)
+    for row, (q, options) in enumerate(zip(queries, candidates)):
+        if len(options):
+            positives[row] = options[choose(int(q), options)]
+    return positives

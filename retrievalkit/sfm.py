@@ -635,30 +635,36 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | N
         return _partial_result(out_dir, timings, skipped, unreadable)
 
     # 5. training database ------------------------------------------------------------------------
+    def not_registered(db: TrainingDatabase) -> list[str]:
+        registered = set(db.images)
+        return [n for n in names if n not in registered]
+
+    database: TrainingDatabase | None = None
     if stages.done("database") and (out_dir / "database" / JSON_NAME).is_file():
-        skipped.append("database")
-        database = load_database(out_dir / "database")
-        registered = set(database.images)
-        unregistered = [n for n in names if n not in registered]
-        log(f"[database] done earlier ({stages.seconds('database'):.1f} s)")
-    else:
+        try:
+            database = load_database(out_dir / "database")
+            skipped.append("database")
+            log(f"[database] done earlier ({stages.seconds('database'):.1f} s)")
+        except RkitError as exc:  # a damaged database: build it again from the models
+            log(f"[database] the stored database cannot be read ({exc}): building it again")
+    if database is None:
         start = time.perf_counter()
         groups = graph_components() if options.split_components else None
         database = database_from_reconstructions(reconstructions, root=images_dir, groups=groups)
-        registered = set(database.images)
-        unregistered = [n for n in names if n not in registered]
         database.meta.update({
             "source": "rkit sfm",
             "images_dir": str(images_dir),
             "options": dataclasses.asdict(options),
             "pairs_mode": mode,
-            "unregistered": unregistered,
+            "unregistered": not_registered(database),
             "unreadable": [list(u) for u in unreadable],
         })
         database.use_pair_statistics(database.compute_pair_statistics(progress=progress))
         database.save(out_dir / "database")
         timings["database"] = time.perf_counter() - start
         stages.finish("database", timings["database"])
+    registered = set(database.images)
+    unregistered = not_registered(database)
     all_timings = {stage: (timings[stage] if stage in timings else stages.seconds(stage)) for stage in STAGES}
     report = {
         "images_dir": str(images_dir),

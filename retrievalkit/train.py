@@ -584,7 +584,11 @@ def read_saved_config(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise RkitError(f"{run_dir} holds no training run to resume (no {CONFIG_NAME}); start one without --resume")
-    return json.loads(path.read_text())["options"]
+    try:
+        return dict(json.loads(path.read_text())["options"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RkitError(f"{path} is damaged ({type(exc).__name__}: {exc}): the run cannot be resumed; "
+                        f"start a new one in another --run-dir") from exc
 
 
 def train(config: TrainConfig, *, resume: bool = False, database: TrainingDatabase | None = None,

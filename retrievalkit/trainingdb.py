@@ -90,13 +90,14 @@ class PairStatistics:
         return PairStatistics(pairs[order], self.shared[inside][order], ov_ab[order], ov_ba[order],
                               self.scale[inside][order])
 
-    def partners(self, n_images: int) -> list[np.ndarray]:
-        """For every image, the sorted images it shares points with."""
-        out: list[list[int]] = [[] for _ in range(n_images)]
-        for a, b in self.pairs:
-            out[int(a)].append(int(b))
-            out[int(b)].append(int(a))
-        return [np.asarray(sorted(p), dtype=np.int64) for p in out]
+
+def partner_lists(pairs: np.ndarray, n_images: int) -> list[np.ndarray]:
+    """For every image, the sorted images it is paired with in ``pairs`` ``(P, 2)``."""
+    out: list[list[int]] = [[] for _ in range(n_images)]
+    for a, b in np.asarray(pairs, dtype=np.int64).reshape(-1, 2):
+        out[int(a)].append(int(b))
+        out[int(b)].append(int(a))
+    return [np.asarray(sorted(p), dtype=np.int64) for p in out]
 
 
 @dataclasses.dataclass
@@ -240,28 +241,25 @@ class TrainingDatabase:
 
         Without 3D points (imported db.pkl), all other images of q's model.
         """
-        members = self.cluster_members(int(self.clusters[q]))
-        others = members[members != q]
         if not self.has_points:
-            return others
-        if self.pair_cache is not None:
-            if self._partners is None:
-                self._partners = self.pair_cache.partners(len(self))
-            partners = self._partners[q]
-            return partners[self.clusters[partners] == self.clusters[q]]
-        return np.asarray([i for i in others if self.shared_points(q, int(i)) > 0], dtype=np.int64)
+            members = self.cluster_members(int(self.clusters[q]))
+            return members[members != q]
+        if self._partners is None:
+            # every image's partners at once: from the cache, else from the sparse incidence
+            # product (never a point intersection per pair)
+            pairs = self.pair_cache.pairs if self.pair_cache is not None else self.co_observing_pairs()
+            self._partners = partner_lists(pairs, len(self))
+        partners = self._partners[q]
+        return partners[self.clusters[partners] == self.clusters[q]]
 
     # -- pair statistics cache -----------------------------------------------------------
-    def compute_pair_statistics(self, progress: bool = False) -> PairStatistics:
-        """Compute shared points, overlap (both ways) and scale change of every pair of images
-        of the same model that share at least one point, with the formulas above.
-
-        Candidate pairs come from a sparse image x point incidence product, so only pairs that
-        share points are visited. Returns the cache; :meth:`use_pair_statistics` installs it.
-        """
+    def co_observing_pairs(self) -> np.ndarray:
+        """Every pair ``(a, b)``, ``a < b``, of images of one model sharing at least one point,
+        sorted, ``(P, 2)``: from a sparse image x point incidence product, so only pairs that
+        share points are visited."""
         from scipy import sparse
 
-        self.require_points("pair statistics")
+        self.require_points("co-observing pairs")
         assert self.point_ids is not None
         rows = np.repeat(np.arange(len(self)), [len(p) for p in self.point_ids])
         cols_raw = np.concatenate(self.point_ids) if len(self) else np.zeros(0, np.int64)
@@ -271,8 +269,17 @@ class TrainingDatabase:
         counts = sparse.triu(incidence @ incidence.T, k=1).tocoo()
         same_model = self.clusters[counts.row] == self.clusters[counts.col]
         order = np.lexsort((counts.col[same_model], counts.row[same_model]))
-        pair_a = counts.row[same_model][order].astype(np.int64)
-        pair_b = counts.col[same_model][order].astype(np.int64)
+        return np.stack([counts.row[same_model][order], counts.col[same_model][order]], axis=1).astype(np.int64)
+
+    def compute_pair_statistics(self, progress: bool = False) -> PairStatistics:
+        """Compute shared points, overlap (both ways) and scale change of every pair of images
+        of the same model that share at least one point (:meth:`co_observing_pairs`), with the
+        formulas above. Returns the cache; :meth:`use_pair_statistics` installs it.
+        """
+        self.require_points("pair statistics")
+        assert self.point_ids is not None
+        pairs = self.co_observing_pairs()
+        pair_a, pair_b = pairs[:, 0], pairs[:, 1]
         shared_n = np.zeros(len(pair_a), np.int64)
         ov_ab = np.zeros(len(pair_a))
         ov_ba = np.zeros(len(pair_a))
@@ -288,7 +295,7 @@ class TrainingDatabase:
             ov_ab[k] = len(shared) / len(self.point_ids[a])
             ov_ba[k] = len(shared) / len(self.point_ids[b])
             scale[k] = self._scale_from_shared(a, b, shared)
-        return PairStatistics(np.stack([pair_a, pair_b], axis=1), shared_n, ov_ab, ov_ba, scale)
+        return PairStatistics(pairs, shared_n, ov_ab, ov_ba, scale)
 
     def use_pair_statistics(self, cache: PairStatistics | None = None) -> PairStatistics:
         """Install ``cache`` (computed now if not given) as the source of the pair quantities."""

@@ -112,6 +112,9 @@ def pairs_from_labels(labels: Sequence[Any], *, max_pairs: int | None = DEFAULT_
         return pick(same), pick(~same)
     assert max_pairs is not None
     members = [np.flatnonzero(codes == c) for c in range(len(class_sizes))]
+    # the same members, concatenated class by class: members[c][i] == by_class[starts[c] + i]
+    by_class = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(class_sizes)[:-1]]).astype(np.int64)
     weights = class_sizes * (class_sizes - 1) / 2.0
 
     def draw_positive(k: int) -> np.ndarray:
@@ -121,8 +124,7 @@ def pairs_from_labels(labels: Sequence[Any], *, max_pairs: int | None = DEFAULT_
         a = (offset[:, 0] * class_sizes[classes]).astype(np.int64)
         b = (offset[:, 1] * (class_sizes[classes] - 1)).astype(np.int64)
         b = b + (b >= a)  # a different member
-        return np.stack([[members[c][i] for c, i in zip(classes, a)],
-                         [members[c][j] for c, j in zip(classes, b)]], axis=1)
+        return np.stack([by_class[starts[classes] + a], by_class[starts[classes] + b]], axis=1)
 
     def draw_negative(k: int) -> np.ndarray:
         pairs = rng.integers(0, n, size=(k, 2))

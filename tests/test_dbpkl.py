@@ -74,6 +74,9 @@ def test_bad_files_raise_clear_errors(tmp_path):
     write_dbpkl(path, {"train": {"cids": CIDS, "cluster": [1] * 5, "qidxs": [0], "pidxs": [9]}})
     with pytest.raises(RkitError, match="outside the 5 images"):
         import_dbpkl(path)
+    write_dbpkl(path, {"train": 5})
+    with pytest.raises(RkitError, match="holds a int, not the dict"):
+        import_dbpkl(path)
 
 
 class _Evil:

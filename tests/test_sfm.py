@@ -281,6 +281,18 @@ class _StubModel:
         return list(self.images)
 
 
+def test_a_damaged_database_is_built_again_on_rerun(synthetic_reconstruction):
+    from retrievalkit.trainingdb import ARRAYS_NAME
+
+    db, _ = synthetic_reconstruction
+    out = db.root.parent.parent / "sfm"  # the fixture's layout: base/data/images, base/sfm
+    (out / "database" / ARRAYS_NAME).write_bytes(b"damaged")
+    result = run_sfm(db.root, out, SfmOptions(image_size=320, num_threads=2), progress=False,
+                     log=lambda m: None)
+    assert result.skipped_stages == ["features", "pairs", "matches", "mapping"]
+    assert result.database.images == db.images and result.database.clusters.tolist() == db.clusters.tolist()
+    assert load_database(out).images == db.images
+
 def test_models_sharing_an_image_become_one_cluster():
     from retrievalkit.sfm import _merge_models_sharing_images
 

@@ -272,3 +272,11 @@ def test_subset_database_keeps_the_pair_cache_renumbered():
                 assert sub.shared_points(q, i) == direct.shared_points(q, i)
                 assert sub.overlap(q, i) == pytest.approx(direct.overlap(q, i))
                 assert sub.scale_change(q, i) == pytest.approx(direct.scale_change(q, i))
+
+
+def test_resuming_from_a_damaged_config_is_a_clear_error(tmp_path):
+    from retrievalkit.train import CONFIG_NAME, read_saved_config
+
+    (tmp_path / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(RkitError, match="damaged"):
+        read_saved_config(tmp_path)

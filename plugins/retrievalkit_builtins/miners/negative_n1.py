@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrievalkit import Component, hookimpl
-from retrievalkit.mining import check_enough_negatives, ranked_negatives, require_descriptors, resolve_pool
+from retrievalkit.mining import prepare_negatives, ranked_negatives, require_descriptors
 from retrievalkit.trainingdb import TrainingDatabase
 
 
@@ -23,9 +23,7 @@ class NearestNegatives:
     def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
              num_negatives: int, rng: np.random.Generator, pool: np.ndarray | None = None) -> np.ndarray:
         descriptors = require_descriptors(descriptors, db, "n1")
-        queries = np.asarray(queries, dtype=np.int64)
-        pool = resolve_pool(db, pool)
-        check_enough_negatives(db, queries, pool, num_negatives)
+        queries, pool = prepare_negatives(db, queries, pool, num_negatives)
         return ranked_negatives(db, descriptors, queries, pool, num_negatives)
 
 

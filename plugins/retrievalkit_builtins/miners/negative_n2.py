@@ -17,11 +17,10 @@ import numpy as np
 from retrievalkit import Component, hookimpl
 from retrievalkit.mining import (
     NotEnoughNegatives,
-    check_enough_negatives,
     first_per_model,
+    prepare_negatives,
     ranked_negatives,
     require_descriptors,
-    resolve_pool,
 )
 from retrievalkit.trainingdb import TrainingDatabase
 
@@ -40,9 +39,7 @@ class OnePerModelNegatives:
     def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
              num_negatives: int, rng: np.random.Generator, pool: np.ndarray | None = None) -> np.ndarray:
         descriptors = require_descriptors(descriptors, db, "n2")
-        queries = np.asarray(queries, dtype=np.int64)
-        pool = resolve_pool(db, pool)
-        check_enough_negatives(db, queries, pool, num_negatives)
+        queries, pool = prepare_negatives(db, queries, pool, num_negatives)
         # the whole pool ranked (minus q's model): exact, and cheap at pool sizes used for training
         ranked = ranked_negatives(db, descriptors, queries, pool, len(pool))
         chosen = first_per_model(db, ranked, num_negatives)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrievalkit import Component, hookimpl
-from retrievalkit.mining import check_enough_negatives, resolve_pool
+from retrievalkit.mining import prepare_negatives
 from retrievalkit.trainingdb import TrainingDatabase
 
 
@@ -22,9 +22,7 @@ class RandomNegatives:
 
     def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
              num_negatives: int, rng: np.random.Generator, pool: np.ndarray | None = None) -> np.ndarray:
-        queries = np.asarray(queries, dtype=np.int64)
-        pool = resolve_pool(db, pool)
-        check_enough_negatives(db, queries, pool, num_negatives)
+        queries, pool = prepare_negatives(db, queries, pool, num_negatives)
         negatives = np.empty((len(queries), num_negatives), dtype=np.int64)
         for row, q in enumerate(queries):
             candidates = pool[db.clusters[pool] != db.clusters[q]]

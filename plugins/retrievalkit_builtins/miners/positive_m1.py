@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrievalkit import Component, hookimpl
-from retrievalkit.mining import candidate_lists, require_descriptors
+from retrievalkit.mining import candidate_lists, one_per_query, require_descriptors
 from retrievalkit.trainingdb import TrainingDatabase
 
 
@@ -25,12 +25,11 @@ class ClosestDescriptorPositive:
     def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
              rng: np.random.Generator) -> np.ndarray:
         descriptors = require_descriptors(descriptors, db, "m1")
-        positives = np.full(len(queries), -1, dtype=np.int64)
-        for row, (q, candidates) in enumerate(zip(queries, candidate_lists(db, queries))):
-            if len(candidates):
-                distances = ((descriptors[candidates] - descriptors[int(q)]) ** 2).sum(axis=1)
-                positives[row] = candidates[int(np.argmin(distances))]
-        return positives
+
+        def closest(q: int, candidates: np.ndarray) -> int:
+            return int(np.argmin(((descriptors[candidates] - descriptors[q]) ** 2).sum(axis=1)))
+
+        return one_per_query(queries, candidate_lists(db, queries), closest)
 
 
 @hookimpl

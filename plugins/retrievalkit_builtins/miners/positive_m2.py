@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrievalkit import Component, hookimpl
-from retrievalkit.mining import candidate_lists
+from retrievalkit.mining import candidate_lists, one_per_query
 from retrievalkit.trainingdb import TrainingDatabase
 
 
@@ -24,12 +24,11 @@ class MostCoObservedPositive:
     def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
              rng: np.random.Generator) -> np.ndarray:
         db.require_points("the m2 miner")
-        positives = np.full(len(queries), -1, dtype=np.int64)
-        for row, (q, candidates) in enumerate(zip(queries, candidate_lists(db, queries))):
-            if len(candidates):
-                shared = [db.shared_points(int(q), int(i)) for i in candidates]
-                positives[row] = candidates[int(np.argmax(shared))]
-        return positives
+
+        def most_shared(q: int, candidates: np.ndarray) -> int:
+            return int(np.argmax([db.shared_points(q, int(i)) for i in candidates]))
+
+        return one_per_query(queries, candidate_lists(db, queries), most_shared)
 
 
 @hookimpl

@@ -12,6 +12,7 @@ import numpy as np
 
 from retrievalkit import Component, hookimpl
 from retrievalkit.errors import RkitError
+from retrievalkit.mining import one_per_query
 from retrievalkit.trainingdb import TrainingDatabase
 
 
@@ -39,12 +40,8 @@ class OverlapScalePositive:
     def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
              rng: np.random.Generator) -> np.ndarray:
         db.require_points("the m3 miner")
-        positives = np.full(len(queries), -1, dtype=np.int64)
-        for row, q in enumerate(queries):
-            candidates = self.admissible(int(q), db)
-            if len(candidates):
-                positives[row] = candidates[int(rng.integers(len(candidates)))]
-        return positives
+        return one_per_query(queries, [self.admissible(int(q), db) for q in queries],
+                             lambda q, candidates: int(rng.integers(len(candidates))))
 
 
 @hookimpl

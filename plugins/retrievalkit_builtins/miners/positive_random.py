@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from retrievalkit import Component, hookimpl
-from retrievalkit.mining import candidate_lists
+from retrievalkit.mining import candidate_lists, one_per_query
 from retrievalkit.trainingdb import TrainingDatabase
 
 
@@ -21,11 +21,8 @@ class RandomPositive:
 
     def mine(self, queries: np.ndarray, db: TrainingDatabase, descriptors: np.ndarray | None,
              rng: np.random.Generator) -> np.ndarray:
-        positives = np.full(len(queries), -1, dtype=np.int64)
-        for row, candidates in enumerate(candidate_lists(db, queries)):
-            if len(candidates):
-                positives[row] = candidates[int(rng.integers(len(candidates)))]
-        return positives
+        return one_per_query(queries, candidate_lists(db, queries),
+                             lambda q, candidates: int(rng.integers(len(candidates))))
 
 
 @hookimpl
