@@ -12,14 +12,13 @@ read it). It is a NumPy ``.npz`` archive with:
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
 from .errors import RkitError
+from .npzfile import load_npz, save_npz
 
 FORMAT_VERSION = 1
 
@@ -48,26 +47,15 @@ class DescriptorSet:
 
     def save(self, path: str | Path) -> Path:
         """Write the set to ``path`` (``.npz``) atomically."""
-        path = Path(path)
-        meta = {"format_version": FORMAT_VERSION, **self.meta}
-        with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, descriptors=self.descriptors, paths=np.asarray(self.paths, dtype=str),
-                     meta=np.asarray(json.dumps(meta)))
-        return path
+        return save_npz(path, self.meta, FORMAT_VERSION, descriptors=self.descriptors,
+                        paths=np.asarray(self.paths, dtype=str))
 
     @classmethod
     def load(cls, path: str | Path) -> DescriptorSet:
         """Read a descriptors file written by :meth:`save` (``rkit extract``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise RkitError(f"descriptors file {path} does not exist: create it with `rkit extract`")
+        arrays, meta = load_npz(path, ("descriptors", "paths"), what="descriptors file",
+                                made_by="rkit extract", format_version=FORMAT_VERSION, meta_required=False)
         try:
-            with np.load(path, allow_pickle=False) as data:
-                descriptors = data["descriptors"]
-                paths = [str(p) for p in data["paths"]]
-                meta = json.loads(str(data["meta"])) if "meta" in data else {}
-            return cls(descriptors, paths, meta)   # checks one (N, D) row per path
-        except (OSError, KeyError, ValueError) as exc:
-            raise RkitError(
-                f"{path} is not a descriptors file written by `rkit extract` ({exc})"
-            ) from exc
+            return cls(arrays["descriptors"], [str(p) for p in arrays["paths"]], meta)
+        except ValueError as exc:  # not one (N, D) row per path
+            raise RkitError(f"{path} is not a descriptors file written by `rkit extract` ({exc})") from exc

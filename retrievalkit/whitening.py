@@ -32,16 +32,15 @@ Choices where SPEC is silent (written down here as it asks):
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
 from .components import ComponentSpec
 from .errors import RkitError
+from .npzfile import load_npz, save_npz
 
 WHITENING_FORMAT_VERSION = 1
 
@@ -452,31 +451,16 @@ class FittedWhitening:
     def save(self, path: str | Path) -> Path:
         """Write ``mean``, ``projection``, ``method`` and ``meta`` (JSON) to ``path`` (``.npz``),
         atomically."""
-        path = Path(path)
-        meta = {"format_version": WHITENING_FORMAT_VERSION, **self.meta,
-                "method": self.method, "in_dim": self.in_dim, "out_dim": self.out_dim}
-        with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, mean=self.mean, projection=self.projection,
-                     method=np.asarray(self.method), meta=np.asarray(json.dumps(meta, default=_jsonable)))
-        return path
+        meta = {**self.meta, "method": self.method, "in_dim": self.in_dim, "out_dim": self.out_dim}
+        return save_npz(path, meta, WHITENING_FORMAT_VERSION, json_default=_jsonable, mean=self.mean,
+                        projection=self.projection, method=np.asarray(self.method))
 
     @classmethod
     def load(cls, path: str | Path) -> FittedWhitening:
         """Read a whitening written by :meth:`save` (``rkit whiten fit``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise RkitError(f"whitening file {path} does not exist: create it with `rkit whiten fit`")
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                mean, projection = data["mean"], data["projection"]
-                method = str(data["method"])
-                meta = json.loads(str(data["meta"]))
-        except (OSError, KeyError, ValueError) as exc:
-            raise RkitError(f"{path} is not a whitening file written by `rkit whiten fit` ({exc})") from exc
-        if meta.get("format_version", 0) > WHITENING_FORMAT_VERSION:
-            raise RkitError(f"{path} was written by a newer retrievalkit (format "
-                            f"{meta['format_version']}): upgrade retrievalkit to read it")
-        return cls(mean, projection, method, meta)
+        arrays, meta = load_npz(path, ("mean", "projection", "method"), what="whitening file",
+                                made_by="rkit whiten fit", format_version=WHITENING_FORMAT_VERSION)
+        return cls(arrays["mean"], arrays["projection"], str(arrays["method"]), meta)
 
 
 def _jsonable(value: Any) -> Any:

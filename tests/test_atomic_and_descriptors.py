@@ -55,3 +55,12 @@ def test_loading_missing_or_foreign_file_is_clear(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(2))
     with pytest.raises(RkitError, match="not a descriptors file"):
         DescriptorSet.load(tmp_path / "other.npz")
+
+
+def test_descriptors_file_from_a_newer_format_is_refused(tmp_path):
+    from retrievalkit.npzfile import save_npz
+
+    save_npz(tmp_path / "new.npz", {}, 99, descriptors=np.zeros((1, 2), np.float32),
+             paths=np.asarray(["a.jpg"]))
+    with pytest.raises(RkitError, match="newer retrievalkit"):
+        DescriptorSet.load(tmp_path / "new.npz")

@@ -1,0 +1,50 @@
+"""Versioned ``.npz`` files: named arrays plus a JSON ``meta`` entry, written atomically.
+
+The toolkit's small binary outputs (descriptors files, fitted whitenings) share this layout, so
+they are written, versioned and checked on reading in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import RkitError
+
+
+def save_npz(path: str | Path, meta: dict[str, Any], format_version: int,
+             json_default: Callable[[Any], Any] | None = None, **arrays: np.ndarray) -> Path:
+    """Write ``arrays`` and ``meta`` (with ``format_version``) to ``path`` atomically."""
+    path = Path(path)
+    meta = {"format_version": format_version, **meta}
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays, meta=np.asarray(json.dumps(meta, default=json_default)))
+    return path
+
+
+def load_npz(path: str | Path, keys: Sequence[str], *, what: str, made_by: str, format_version: int,
+             meta_required: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read the arrays ``keys`` and the meta of a file written by :func:`save_npz`.
+
+    ``what`` names the kind of file and ``made_by`` the command that writes it, for the error
+    messages: a missing file, a file of another kind and a file from a newer format version are
+    each a clear :class:`RkitError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RkitError(f"{what} {path} does not exist: create it with `{made_by}`")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in keys}
+            meta = json.loads(str(data["meta"])) if meta_required or "meta" in data else {}
+    except (OSError, KeyError, ValueError) as exc:
+        raise RkitError(f"{path} is not a {what} written by `{made_by}` ({exc})") from exc
+    if meta.get("format_version", 0) > format_version:
+        raise RkitError(f"{path} was written by a newer retrievalkit (format "
+                        f"{meta['format_version']}): upgrade retrievalkit to read it")
+    return arrays, meta
