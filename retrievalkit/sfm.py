@@ -44,10 +44,10 @@ import numpy as np
 from .atomic import write_text_atomic
 from .dbpkl import import_dbpkl  # re-exported: rkit sfm --import-dbpkl
 from .errors import RkitError
+from .images import IMAGE_EXTENSIONS, list_image_files
 from .trainingdb import JSON_NAME, TrainingDatabase, load_database
 
 STAGES = ("features", "pairs", "matches", "mapping", "database")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 @dataclasses.dataclass
@@ -129,9 +129,7 @@ def find_images(images_dir: str | Path) -> list[str]:
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise RkitError(f"{images_dir} is not a folder: give the folder of photos to reconstruct.")
-    names = sorted(p.relative_to(images_dir).as_posix() for p in images_dir.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                   and not any(part.startswith(".") for part in p.relative_to(images_dir).parts))
+    names = list_image_files(images_dir)
     if not names:
         raise RkitError(
             f"no images in {images_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, "
