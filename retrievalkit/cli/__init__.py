@@ -22,6 +22,7 @@ from ..errors import RkitError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "plugins": ("retrievalkit.cli.plugins", "command", "List installed components and where they come from."),
     "extract": ("retrievalkit.cli.extract", "command", "Extract global descriptors of images."),
+    "merge": ("retrievalkit.cli.merge", "command", "Merge the shards of `rkit extract --shard K/N`."),
     "search": ("retrievalkit.cli.search", "command", "Search a descriptors file with faiss."),
     "eval": ("retrievalkit.cli.evaluate", "command", "Evaluate retrieval (mAP) on a dataset."),
     "whiten": ("retrievalkit.cli.whiten", "group", "Learn and apply whitening (PCA, learned Lw)."),
