@@ -436,10 +436,11 @@ def whiten_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, what: str =
     weight = np.asarray(weight, dtype=np.float64)
     bias = np.asarray(bias, dtype=np.float64).reshape(-1)
     out = np.empty((x.shape[0], weight.shape[0]), dtype=np.float32)
-    for rows in _chunks(x.shape[0]):
-        y = x[rows].astype(np.float64) @ weight.T + bias
-        norms = np.linalg.norm(y, axis=1, keepdims=True)
-        out[rows] = y / np.maximum(norms, np.finfo(np.float64).tiny)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below, with a clear message
+        for rows in _chunks(x.shape[0]):
+            y = x[rows].astype(np.float64) @ weight.T + bias
+            norms = np.linalg.norm(y, axis=1, keepdims=True)
+            out[rows] = y / np.maximum(norms, np.finfo(np.float64).tiny)
     require_finite(out, what, "its matrix holds huge or non-finite values: fit it again on finite descriptors")
     return out
 
