@@ -112,4 +112,4 @@ def test_generalized_mean_is_stable_for_huge_exponents_and_keeps_its_gradient() 
     naive.sum().backward()
     torch.testing.assert_close(generalized_mean(x, 3.0, dim=(-2, -1)), naive.detach())
     torch.testing.assert_close(xs.grad, x_ref.grad)
-    torch.testing.assert_close(p.grad, p_ref.grad)
+    torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=0)  # a sum over 200 terms in float32
