@@ -455,3 +455,16 @@ def test_whitening_file_and_model_layer_give_identical_descriptors(tmp_path) -> 
     np.testing.assert_array_equal(by_file.descriptors, fitted.apply(plain.descriptors))
     with pytest.raises(RkitError, match="whitens 4-D descriptors but this model gives 3-D"):
         extract_descriptors(pixel_model(), names, root=tmp_path, whitening=FittedWhitening(np.zeros(4), np.eye(4), "x"))
+
+
+def test_reuse_freed_memory_nests_and_restores() -> None:
+    import platform
+
+    import retrievalkit.memory as memory
+
+    with memory.reuse_freed_memory() as outer:
+        with memory.reuse_freed_memory() as inner:
+            assert outer == inner == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+            assert memory._depth == (2 if outer else 0)
+        torch.ones(4096, 4096).sum()  # a 64 MB block, freed and reused inside the block
+    assert memory._depth == 0
