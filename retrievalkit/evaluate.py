@@ -1,26 +1,15 @@
-"""Retrieval evaluation: average precision, mAP and mP@k (SPEC section 5).
+"""Retrieval evaluation: the two protocols (folder collections, revisited Oxford/Paris) and their API.
 
-Average precision follows the revisited Oxford/Paris protocol (Radenović, Iscen, Tolias, Avrithis,
-Chum, *Revisiting Oxford and Paris*, CVPR 2018), the same trapezoid rule as the original Oxford
-``compute_ap``:
+The protocols are defined in docs/definitions.md ("Evaluation") and described for users in
+docs/evaluation.md; the formulas (AP, mP@k) live in :mod:`retrievalkit.metrics`. Two layers:
 
-1. junk images are removed from the ranking; ``r_k`` is the 0-based rank of the k-th positive
-   (k = 1..K, in ranking order) in the ranking without junk;
-2. the precision just before and at that positive are ``p_{k-1} = (k-1) / r_k`` (1 when
-   ``r_k = 0``) and ``p_k = k / (r_k + 1)``;
-3. ``AP = (1 / n_pos) * sum_k (p_{k-1} + p_k) / 2``, where ``n_pos`` counts *all* positives of
-   the query, including any the ranking does not contain (they add no area).
+* on arrays: :func:`evaluate_folder_collection`, :func:`evaluate_revisited`,
+  :func:`evaluate_rankings` -> :class:`EvaluationResult` per setting;
+* on descriptors files (what ``rkit eval`` does): :func:`evaluate_descriptors` (a folder
+  collection) and :func:`evaluate_dataset` (a revisited dataset) -> an :class:`Evaluation` that
+  prints its table, gives the JSON report and writes the rankings file for ``rkit report``.
 
-mP@k is the revisited protocol's precision at k: ``k`` is capped at the (junk-free, 1-based)
-rank of the last positive in the ranking, ``P@k = #{positives in the top k'} / k'`` with
-``k' = min(k, rank of the last positive)``; so a query whose every positive is ranked in the top
-k scores 1 even if it has fewer than k positives. (For k = 1 it is plain precision at 1.)
-
-A query without any positive has no AP: it is left out of the means (``nan`` in the per-query
-arrays), as the revisited protocol does.
-
-Everything is vectorised over a ``(queries, ranking length)`` boolean matrix: there is no Python
-loop over database images.
+Rankings come from :func:`retrievalkit.index.rank_all_scored` (the one neighbour search).
 """
 
 from __future__ import annotations
@@ -33,126 +22,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import RkitError
-from .index import rank_all
+from .index import rank_all_scored
+from .metrics import (DEFAULT_KS, _membership, average_precision, precision_at_k,  # noqa: F401 (re-exported)
+                      ranking_statistics)
 
 if TYPE_CHECKING:
     from .datasets import RevisitedDataset
 
-#: The cut-offs of mP@k reported by default.
-DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 #: How many ranked images per query a rankings file keeps.
 RANKINGS_TOP = 100
 
 #: status codes of ranked images (``EvaluationResult.top_status``)
 NEGATIVE, POSITIVE, JUNK = 0, 1, 2
 STATUS_NAMES = {NEGATIVE: "negative", POSITIVE: "positive", JUNK: "junk"}
-
-
-# --------------------------------------------------------------------------------------------
-# The formulas (one place)
-# --------------------------------------------------------------------------------------------
-def ranking_statistics(is_positive: np.ndarray, is_junk: np.ndarray | None, n_positives: np.ndarray,
-                       ks: Sequence[int] = DEFAULT_KS) -> tuple[np.ndarray, np.ndarray]:
-    """AP and mP@k of many rankings at once (the formulas of the module docstring).
-
-    Args:
-        is_positive: ``(Q, R)`` bool, entry ``[q, i]`` true when the i-th ranked image of query q
-            is one of its positives.
-        is_junk: ``(Q, R)`` bool or None; junk entries are removed before anything is counted
-            (an entry both positive and junk counts as junk).
-        n_positives: ``(Q,)`` number of positives of each query (may exceed those ranked).
-        ks: the cut-offs of precision at k.
-
-    Returns:
-        ``ap`` ``(Q,)`` and ``precision`` ``(Q, len(ks))``, ``nan`` for queries without positives.
-    """
-    is_positive = np.atleast_2d(np.asarray(is_positive, dtype=bool))
-    n_positives = np.atleast_1d(np.asarray(n_positives, dtype=np.float64))
-    is_junk = None if is_junk is None else np.atleast_2d(np.asarray(is_junk, dtype=bool))
-    if any(k < 1 for k in ks):
-        raise RkitError(f"precision at k needs k >= 1, got {list(ks)}")
-    ap = np.empty(is_positive.shape[0], dtype=np.float64)
-    precision = np.empty((is_positive.shape[0], len(ks)), dtype=np.float64)
-    step = max(1, _BLOCK_ENTRIES // max(1, is_positive.shape[1]))    # bound the temporaries' memory
-    for start in range(0, is_positive.shape[0], step):
-        rows = slice(start, start + step)
-        ap[rows], precision[rows] = _statistics_block(
-            is_positive[rows], None if is_junk is None else is_junk[rows], n_positives[rows], ks)
-    return ap, precision
-
-
-_BLOCK_ENTRIES = 2 ** 24
-
-
-def _statistics_block(is_positive: np.ndarray, is_junk: np.ndarray | None, n_positives: np.ndarray,
-                      ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The formulas over one block of queries, evaluated only at the positives' positions."""
-    n_rows = is_positive.shape[0]
-    positive = is_positive if is_junk is None else is_positive & ~is_junk
-    query, column = np.nonzero(positive)              # row-major: by query, then by position
-    if is_junk is None:
-        rank = column.astype(np.int64)
-    else:                                             # 0-based rank once junk is removed
-        junk_so_far = np.cumsum(is_junk, axis=1, dtype=np.int64)
-        rank = column - junk_so_far[query, column]
-    found = np.bincount(query, minlength=n_rows)      # positives present in each ranking
-    first = np.concatenate([[0], np.cumsum(found)[:-1]]).astype(np.int64)
-    index = np.arange(query.size) - first[query]      # k - 1 for the k-th positive
-    before = np.where(rank == 0, 1.0, index / np.maximum(rank, 1))    # p_{k-1}
-    at = (index + 1) / (rank + 1)                                        # p_k
-    area = np.bincount(query, weights=(before + at) / 2.0, minlength=n_rows)
-    ap = np.where(n_positives > 0, area / np.maximum(n_positives, 1), np.nan)
-
-    last = np.zeros(n_rows, dtype=np.int64)           # 1-based rank of the last positive
-    has = found > 0
-    last[has] = rank[first[has] + found[has] - 1] + 1
-    precision = np.empty((n_rows, len(ks)), dtype=np.float64)
-    for column_k, k in enumerate(ks):
-        cut = np.minimum(last, k)
-        hits = np.bincount(query, weights=(rank + 1 <= cut[query]).astype(np.float64), minlength=n_rows)
-        precision[:, column_k] = np.where(cut > 0, hits / np.maximum(cut, 1), 0.0)
-    precision[n_positives <= 0] = np.nan
-    return ap, precision
-
-
-def _membership(rankings: np.ndarray, members: Sequence[Sequence[int]], n_database: int) -> np.ndarray:
-    """``(Q, R)`` bool: is ``rankings[q, i]`` in ``members[q]`` (ids < ``n_database``; -1 never)."""
-    table = np.zeros((len(members), n_database + 1), dtype=bool)   # last column: id -1
-    for q, ids in enumerate(members):
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size:
-            table[q, ids] = True
-    table[:, n_database] = False
-    return np.take_along_axis(table, np.where(rankings < 0, n_database, rankings), axis=1)
-
-
-def _one_ranking(ranked_ids: Sequence[Hashable], positives: Sequence[Hashable],
-                 junk: Sequence[Hashable] | None, ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`ranking_statistics` of a single ranking of hashable ids (junk wins over positive)."""
-    junk_set = set(junk or ())
-    positive_set = set(positives) - junk_set
-    ranked = list(ranked_ids)
-    is_positive = np.array([r in positive_set for r in ranked], dtype=bool).reshape(1, len(ranked))
-    is_junk = np.array([r in junk_set for r in ranked], dtype=bool).reshape(1, len(ranked))
-    return ranking_statistics(is_positive, is_junk, np.array([len(positive_set)]), ks=ks)
-
-
-def average_precision(ranked_ids: Sequence[Hashable], positives: Sequence[Hashable],
-                      junk: Sequence[Hashable] | None = None) -> float:
-    """AP of one ranking (revisited protocol: junk removed, trapezoid rule).
-
-    ``ranked_ids`` are any hashable ids (row numbers, file names) best first; positives that are
-    not ranked still count in the number of positives. Returns ``nan`` without positives.
-    """
-    ap, _ = _one_ranking(ranked_ids, positives, junk, ks=(1,))
-    return float(ap[0])
-
-
-def precision_at_k(ranked_ids: Sequence[Hashable], positives: Sequence[Hashable], k: int,
-                   junk: Sequence[Hashable] | None = None) -> float:
-    """The revisited protocol's precision at ``k`` of one ranking (see the module docstring)."""
-    _, precision = _one_ranking(ranked_ids, positives, junk, ks=(k,))
-    return float(precision[0, 0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,18 +120,6 @@ def _result(rankings: np.ndarray, is_positive: np.ndarray, is_junk: np.ndarray |
     )
 
 
-def _top_scores(queries: np.ndarray, database: np.ndarray, rankings: np.ndarray, top: int) -> np.ndarray:
-    """Similarities of the first ``top`` ranked images (``-inf`` where the id is -1)."""
-    ids = rankings[:, :top]
-    scores = np.empty(ids.shape, dtype=np.float32)
-    step = max(1, _BLOCK_ENTRIES // max(1, ids.shape[1] * database.shape[1]))
-    for start in range(0, ids.shape[0], step):
-        rows = slice(start, start + step)
-        gathered = database[np.maximum(ids[rows], 0)]             # (block, T, D)
-        scores[rows] = np.einsum("qd,qtd->qt", queries[rows], gathered)
-    return np.where(ids < 0, -np.inf, scores).astype(np.float32)
-
-
 # --------------------------------------------------------------------------------------------
 # Folder-per-class collections
 # --------------------------------------------------------------------------------------------
@@ -267,7 +137,7 @@ def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashabl
     out of its ranking, so rankings are ``(N, N - 1)``. Images alone in their class have no
     positives and are left out of the means. ``per_class_ap`` gives the mean AP per label.
     """
-    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    descriptors = np.asarray(descriptors)
     if descriptors.ndim != 2 or descriptors.shape[0] != len(labels):
         raise RkitError(
             f"need one label per descriptor: {len(labels)} labels for descriptors of shape {descriptors.shape}"
@@ -281,11 +151,10 @@ def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashabl
             "every image is alone in its class, so no query has a positive: put the images of "
             "one place in one folder (labels come from the parent folder name)"
         )
-    rankings = rank_all(descriptors, descriptors, exclude_self=True)
+    rankings, scores = rank_all_scored(descriptors, descriptors, exclude_self=True, top=top)
     is_positive = codes[rankings] == codes[:, None]
     names = list(names) if names is not None else [str(i) for i in range(len(labels))]
-    result = _result(rankings, is_positive, None, counts[codes] - 1, ks, names, "all",
-                     _top_scores(descriptors, descriptors, rankings, top), top)
+    result = _result(rankings, is_positive, None, counts[codes] - 1, ks, names, "all", scores, top)
     result.per_class_ap = {
         str(c): _mean(result.per_query_ap[codes == i]) for i, c in enumerate(classes)
     }
@@ -338,20 +207,20 @@ def evaluate_revisited(dataset: RevisitedDataset, queries: np.ndarray, database:
     n_images, n_queries = len(dataset.images), len(dataset.queries)
     query_ids = np.arange(n_queries) if query_ids is None else np.asarray(query_ids, dtype=np.int64)
     database_ids = np.arange(n_images) if database_ids is None else np.asarray(database_ids, dtype=np.int64)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    database = np.ascontiguousarray(database, dtype=np.float32)
+    queries = np.asarray(queries)
+    database = np.asarray(database)
     if queries.shape[0] != len(query_ids) or database.shape[0] != len(database_ids):
         raise RkitError(
             f"{queries.shape[0]} query and {database.shape[0]} database descriptors do not match the "
             f"{len(query_ids)} queries and {len(database_ids)} images given: extract them from the "
             f"dataset's query and image lists"
         )
-    local = rank_all(database, queries)                               # rows of `database`
+    local, local_scores = rank_all_scored(database, queries, top=top)   # rows of `database`
     width = local.shape[1]
     rankings = np.full((n_queries, width), -1, dtype=np.int64)
     rankings[query_ids] = database_ids[local]
     scores = np.full((n_queries, min(top, width)), -np.inf, dtype=np.float32)
-    scores[query_ids] = _top_scores(queries, database, local, top)
+    scores[query_ids] = local_scores
     missing = sorted(set(range(n_queries)) - set(query_ids.tolist()))
     results = {}
     for setting in settings or dataset.settings():
