@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Hashable, Sequence
-from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .datasets import folder_labels  # noqa: F401 (re-exported: labels are read in datasets.py)
 from .errors import RkitError
 from .index import rank_all_scored
 from .metrics import (DEFAULT_KS, _membership, average_precision, precision_at_k,  # noqa: F401 (re-exported)
@@ -123,11 +123,6 @@ def _result(rankings: np.ndarray, is_positive: np.ndarray, is_junk: np.ndarray |
 # --------------------------------------------------------------------------------------------
 # Folder-per-class collections
 # --------------------------------------------------------------------------------------------
-def folder_labels(paths: Sequence[str | PurePath]) -> list[str]:
-    """The class of each image: the name of its parent folder (``""`` for a bare file name)."""
-    return [PurePath(str(p).replace("\\", "/")).parent.name for p in paths]
-
-
 def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashable], *,
                                ks: Sequence[int] = DEFAULT_KS, names: Sequence[str] | None = None,
                                top: int = RANKINGS_TOP) -> EvaluationResult:

@@ -13,34 +13,10 @@ import click
 import numpy as np
 
 from ..config import write_resolved_config
+from ..datasets import read_labels  # noqa: F401 (was defined here)
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..whitening import DEFAULT_MAX_PAIRS, FittedWhitening, WhiteningData, fit_whitening, read_pairs_file
-
-
-def read_labels(spec: str, paths: list[str]) -> np.ndarray:
-    """Labels for ``paths``: ``folder`` (each path's parent folder) or a file ``PATH<TAB>LABEL``."""
-    if spec == "folder":
-        from ..evaluate import folder_labels
-
-        return np.asarray(folder_labels(paths))
-    path = Path(spec)
-    if not path.is_file():
-        raise RkitError(f"--labels {spec!r}: write 'folder' (the parent folder of each image is its label) "
-                        f"or give a file with one PATH<TAB>LABEL line per image")
-    given: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = line.rstrip("\n").split("\t")
-        if len(fields) != 2:
-            raise RkitError(f"{path}:{lineno}: expected PATH<TAB>LABEL, got {line!r}")
-        given[fields[0].strip()] = fields[1].strip()
-    missing = [p for p in paths if p not in given]
-    if missing:
-        raise RkitError(f"{path} gives no label for {len(missing)} of the {len(paths)} images (first: "
-                        f"{missing[0]!r}): add a PATH<TAB>LABEL line for each path of the descriptors file")
-    return np.asarray([given[p] for p in paths])
 
 
 @click.group("whiten")
