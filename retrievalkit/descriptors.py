@@ -17,6 +17,7 @@ descriptors are *read* (:meth:`DescriptorSet.load`, the index entry in
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,19 @@ class DescriptorSet:
     @property
     def dim(self) -> int:
         return int(self.descriptors.shape[1])
+
+    def whitened(self, whitening: Any, file: str | Path | None = None) -> DescriptorSet:
+        """These descriptors whitened by a fitted whitening, the meta recording it (and ``file``).
+
+        ``whitening`` is a :class:`retrievalkit.whitening.FittedWhitening`. Whitening descriptors
+        that are already whitened composes the two: that is warned about (``UserWarning``).
+        """
+        if self.meta.get("whitening"):
+            warnings.warn(f"these descriptors are already whitened ({self.meta['whitening'].get('method')}); "
+                          f"whitening them again composes the two whitenings", stacklevel=2)
+        meta = {k: v for k, v in self.meta.items() if k != "format_version"}
+        meta["whitening"] = whitening.describe(file)
+        return DescriptorSet(whitening.apply(self.descriptors), self.paths, meta)
 
     def save(self, path: str | Path) -> Path:
         """Write the set to ``path`` (``.npz``) atomically."""

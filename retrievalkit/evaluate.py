@@ -15,7 +15,12 @@ Rankings come from :func:`retrievalkit.index.rank_all_scored` (the one neighbour
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
+from collections import Counter
 from collections.abc import Hashable, Sequence
+from os import PathLike
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +33,7 @@ from .metrics import (DEFAULT_KS, _membership, average_precision, precision_at_k
 
 if TYPE_CHECKING:
     from .datasets import RevisitedDataset
+    from .descriptors import DescriptorSet
 
 #: How many ranked images per query a rankings file keeps.
 RANKINGS_TOP = 100
@@ -261,3 +267,167 @@ def rankings_document(results: dict[str, EvaluationResult], query_paths: Sequenc
             })
         document["settings"][name] = {**result.summary(), "queries": entries}
     return document
+
+
+# --------------------------------------------------------------------------------------------
+# The API on descriptors files: what `rkit eval` does, in two calls
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Evaluation:
+    """One evaluation of descriptors: the results per setting and what was evaluated.
+
+    Made by :func:`evaluate_descriptors` (folder collection) or :func:`evaluate_dataset`
+    (revisited Oxford/Paris). :meth:`report` is the JSON ``rkit eval --json`` prints,
+    :meth:`table` its text table, :meth:`rankings_document` the ``--save-rankings`` file.
+
+    Attributes:
+        protocol: ``folder``, ``revisited`` or ``classic``.
+        results: setting (``all``; ``easy``/``medium``/``hard``; ``classic``) -> result.
+        info: the facts reported with the numbers (source or dataset, counts, dimension).
+        query_paths, database_paths: the images the rankings' rows and ids refer to.
+        root: the folder those paths are relative to (``None``: as given).
+        meta: recorded in the rankings file (source, descriptors meta, query crops).
+        notes: warnings for the user (e.g. images without a descriptor), in plain sentences.
+        seconds: time spent ranking and scoring.
+    """
+
+    protocol: str
+    results: dict[str, EvaluationResult]
+    info: dict[str, Any]
+    query_paths: list[str]
+    database_paths: list[str]
+    root: str | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def primary(self) -> EvaluationResult:
+        """The headline result: ``medium`` for revisited datasets, else the first setting."""
+        return self.results["medium"] if "medium" in self.results else next(iter(self.results.values()))
+
+    def report(self) -> dict[str, Any]:
+        """The numbers and facts, JSON-ready (the document ``rkit eval --json`` prints)."""
+        report = {"protocol": self.protocol, **self.info}
+        if self.protocol == "folder":
+            report.update(self.primary.summary())
+            report["class_sizes"] = report.pop("class_sizes")       # after the numbers, as before
+        else:
+            report["settings"] = {name: result.summary() for name, result in self.results.items()}
+        report["evaluation_seconds"] = round(self.seconds, 3)
+        return report
+
+    def table(self) -> str:
+        """The human-readable table ``rkit eval`` prints."""
+        lines = _folder_table(self) if self.protocol == "folder" else _settings_table(self)
+        return "\n".join(lines) + "\n"
+
+    def rankings_document(self) -> dict[str, Any]:
+        """The rankings file (format in docs/evaluation.md) for ``rkit report``."""
+        return rankings_document(self.results, self.query_paths, self.database_paths, root=self.root,
+                                 protocol=self.protocol, meta=self.meta)
+
+    def save_rankings(self, path: str | PathLike[str]) -> Path:
+        """Write :meth:`rankings_document` as JSON to ``path`` atomically."""
+        from .atomic import write_text_atomic
+
+        path = Path(path)
+        write_text_atomic(path, json.dumps(self.rankings_document()) + "\n")
+        return path
+
+
+def _fmt(value: float) -> str:
+    return "  -   " if value is None or not np.isfinite(value) else f"{value:.4f}"
+
+
+def _folder_table(evaluation: Evaluation) -> list[str]:
+    info, result = evaluation.info, evaluation.primary
+    left_out = f" ({result.n_left_out} alone in their class, left out)" if result.n_left_out else ""
+    lines = [f"folder collection {info['source']}: {info['images']} images, {info['classes']} classes, "
+             f"{info['dim']}-D; {result.n_queries} queries{left_out}",
+             "  ".join([f"mAP {_fmt(result.map)}"] + [f"mP@{k} {_fmt(v)}" for k, v in result.mp_at_k.items()]),
+             "per class (mean AP, images):"]
+    width = max((len(c) for c in result.per_class_ap), default=5)
+    order = sorted(result.per_class_ap.items(), key=lambda item: (np.nan_to_num(item[1], nan=2.0), item[0]))
+    lines += [f"  {name or '(no folder)':<{width}}  {_fmt(ap)}  {info['class_sizes'][name]:>5}" for name, ap in order]
+    return lines
+
+
+def _settings_table(evaluation: Evaluation) -> list[str]:
+    info = evaluation.info
+    ks = list(evaluation.primary.mp_at_k)
+    lines = [f"{info['dataset']}: {info['queries']} queries, {info['images']} images, {info['dim']}-D",
+             f"{'setting':<9} {'mAP':>7}" + "".join(f" {'mP@' + str(k):>7}" for k in ks) + f" {'queries':>8}"]
+    for setting, result in evaluation.results.items():
+        lines.append(f"{setting:<9} {_fmt(result.map):>7}"
+                     + "".join(f" {_fmt(result.mp_at_k[k]):>7}" for k in ks) + f" {result.n_queries:>8}")
+    return lines
+
+
+def evaluate_descriptors(descriptors: DescriptorSet, labels: Sequence[Hashable] | None = None, *,
+                         ks: Sequence[int] = DEFAULT_KS, source: str | None = None,
+                         top: int = RANKINGS_TOP) -> Evaluation:
+    """Evaluate a folder collection: every image queries all the others (``rkit eval FILE``).
+
+    Args:
+        descriptors: the collection's descriptors (:meth:`DescriptorSet.load`, or
+            :func:`retrievalkit.extract.extract_descriptors` wrapped in a :class:`DescriptorSet`).
+        labels: the class of each image; default the parent folder of each path
+            (:func:`retrievalkit.datasets.folder_labels`).
+        ks: the cut-offs of mP@k.
+        source: what to call the collection in the report (default: its meta's ``source``).
+    """
+    labels = list(folder_labels(descriptors.paths) if labels is None else labels)
+    started = time.perf_counter()
+    result = evaluate_folder_collection(descriptors.descriptors, labels, ks=ks, names=descriptors.paths, top=top)
+    seconds = time.perf_counter() - started
+    sizes = Counter(str(label) for label in labels)
+    source = source if source is not None else str(descriptors.meta.get("source", ""))
+    info = {"source": source, "images": len(descriptors), "classes": len(sizes), "dim": descriptors.dim,
+            "class_sizes": {c: sizes[c] for c in sorted(sizes)}}
+    return Evaluation("folder", {"all": result}, info, list(descriptors.paths), list(descriptors.paths),
+                      root=descriptors.meta.get("root"), seconds=seconds,
+                      meta={"source": source, "descriptors_meta": descriptors.meta})
+
+
+def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries: DescriptorSet, *,
+                     ks: Sequence[int] = DEFAULT_KS, settings: Sequence[str] | None = None,
+                     top: int = RANKINGS_TOP) -> Evaluation:
+    """Evaluate a revisited (or classic) Oxford/Paris dataset (``rkit eval --dataset NAME``).
+
+    Descriptors are matched to the dataset by file name (:meth:`RevisitedDataset.match`), in any
+    order; database images without a descriptor count as never retrieved and queries without one
+    are left out (both reported in :attr:`Evaluation.notes`).
+
+    Args:
+        dataset: the ground truth (:func:`retrievalkit.datasets.load_revisited`).
+        database: descriptors of the dataset's images.
+        queries: descriptors of its queries, cropped to their boxes.
+
+    Raises:
+        RkitError: no descriptor matches an image (or a query) of the dataset.
+    """
+    database_ids, database_rows = dataset.match(database.paths)
+    if not len(database_ids):
+        raise RkitError(f"none of the {len(database)} database descriptors is an image of {dataset.name}: "
+                        f"extract the images of {dataset.image_dir}")
+    query_ids, query_rows = dataset.match(queries.paths, queries=True)
+    if not len(query_ids):
+        raise RkitError(f"none of the {len(queries)} query descriptors is a query of {dataset.name}: "
+                        f"extract the cropped queries (`rkit eval --dataset {dataset.name}` without "
+                        f"--query-descriptors does it)")
+    missing_db, missing_q = len(dataset.images) - len(database_ids), len(dataset.queries) - len(query_ids)
+    notes = [f"{missing_db} of {len(dataset.images)} database images and {missing_q} of {len(dataset.queries)} "
+             f"queries have no descriptor: missing images count as never retrieved, missing queries are "
+             f"left out"] if missing_db or missing_q else []
+    started = time.perf_counter()
+    results = evaluate_revisited(dataset, queries.descriptors[query_rows], database.descriptors[database_rows],
+                                 query_ids=query_ids, database_ids=database_ids, settings=settings, ks=ks, top=top)
+    seconds = time.perf_counter() - started
+    protocol = "revisited" if dataset.is_revisited else "classic"
+    info = {"dataset": dataset.name, "images": len(dataset.images), "queries": len(dataset.queries),
+            "dim": database.dim, "missing_images": missing_db, "missing_queries": missing_q}
+    meta = {"dataset": dataset.name, "query_crops": [list(b) if b else None for b in dataset.boxes],
+            "descriptors_meta": database.meta}
+    return Evaluation(protocol, results, info, dataset.query_paths(), dataset.image_paths(),
+                      root=str(dataset.image_dir), meta=meta, notes=notes, seconds=seconds)
