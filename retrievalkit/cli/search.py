@@ -8,7 +8,6 @@ that made the database: the one recorded in the database file's meta, or ``--mod
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
