@@ -17,7 +17,7 @@ Revisited Oxford / Paris layout (as distributed with the revisited benchmarks, R
              ground truth), or of its ``ok`` and ``junk`` images (classic Oxford5k/Paris6k,
              where ``ok`` = the old "good" + "ok").
 
-Evaluation settings (SPEC section 5), as (positive kinds, junk kinds):
+Evaluation settings (docs/definitions.md §5), as (positive kinds, junk kinds):
 
 ``easy``     positives easy,          junk = junk + hard
 ``medium``   positives easy + hard,   junk = junk

@@ -132,7 +132,7 @@ def _result(rankings: np.ndarray, is_positive: np.ndarray, is_junk: np.ndarray |
 def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashable], *,
                                ks: Sequence[int] = DEFAULT_KS, names: Sequence[str] | None = None,
                                top: int = RANKINGS_TOP) -> EvaluationResult:
-    """Every image is a query once against all the others (SPEC section 5).
+    """Every image is a query once against all the others (docs/definitions.md §5).
 
     The positives of image ``i`` are the other images with the same label; ``i`` itself is left
     out of its ranking, so rankings are ``(N, N - 1)``. Images alone in their class have no

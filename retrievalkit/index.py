@@ -1,6 +1,6 @@
 """Nearest-neighbour search over global descriptors with faiss.
 
-Descriptors are L2-normalised, so the similarity is the dot product (SPEC section 1) and every
+Descriptors are L2-normalised, so the similarity is the dot product (docs/definitions.md §1) and every
 index here uses faiss' inner-product metric:
 
 ``flat``   exact search (``IndexFlatIP``): the default, right up to a few million vectors.

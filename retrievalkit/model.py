@@ -1,6 +1,6 @@
 """The global descriptor network: backbone + pooling + L2 + (optional) whitening + L2.
 
-SPEC section 1: image -> backbone (convolutional part) -> feature map -> pooling -> L2-normalise
+docs/definitions.md §1: image -> backbone (convolutional part) -> feature map -> pooling -> L2-normalise
 -> optional whitening (a linear layer, weight P and bias -P m) -> L2-normalise. The model takes
 images with values in [0, 1] and applies the backbone's own input normalisation itself, so no
 caller needs to know which normalisation a backbone wants.

@@ -1,7 +1,7 @@
 """The embedded synthetic multi-view dataset: textured 3D "landmarks" rendered from known cameras.
 
 ``generate_synthetic(out_dir)`` writes a small collection in which every image's true camera is
-known, so that what Structure-from-Motion recovers (SPEC section 4: the 3D points P(i) an image
+known, so that what Structure-from-Motion recovers (docs/definitions.md §4: the 3D points P(i) an image
 observes, their depths, the camera centre and focal) can be checked against the truth, and so
 that training and evaluation have data without any download::
 

@@ -1,6 +1,6 @@
 """Fine-tuning a retrieval model on tuples mined from an SfM training database.
 
-Radenović, Tolias, Chum, ECCV 2016 (sec. 3 and 4; SPEC sections 3 and 4): a siamese network
+Radenović, Tolias, Chum, ECCV 2016 (sec. 3 and 4; docs/definitions.md §3 and §4): a siamese network
 (one set of weights for every branch) is trained on tuples ``(q, p, n_1 .. n_N)``. Every
 epoch the trainer
 

@@ -1,4 +1,4 @@
-"""Whitening and dimension reduction of global descriptors (SPEC section 2).
+"""Whitening and dimension reduction of global descriptors (docs/definitions.md §2).
 
 A whitening is an affine map learned on training descriptors (never on the test data):
 
@@ -19,7 +19,7 @@ This module holds what every whitening method shares:
 The methods themselves are plugins (``plugins/retrievalkit_builtins/whitenings/``). All fits
 run in float64; :meth:`FittedWhitening.apply` also computes in float64 and returns float32.
 
-Choices where SPEC is silent (written down here as it asks):
+Choices where the definitions (docs/definitions.md §2) are silent, written down here:
 
 * covariances are means (divided by N, the number of descriptors or pairs), not N - 1;
 * the ridge is relative: ``C + ridge * trace(C) / D * I``, so it does not depend on the scale of
