@@ -709,9 +709,12 @@ def generate_synthetic(
 def default_synthetic_dir(preset: str = "default", seed: int = 0) -> Path:
     """Where the default synthetic set lives when a command needs data and the user gave none.
 
-    ``$RKIT_DATA_DIR/synthetic-<preset>-seed<seed>`` (default ``~/.cache/retrievalkit``).
+    ``$RKIT_DATA_DIR/synthetic-<preset>-seed<seed>`` (default: the cache folder,
+    :func:`retrievalkit.cache.cache_dir`).
     """
-    base = Path(os.environ.get("RKIT_DATA_DIR") or Path.home() / ".cache" / "retrievalkit")
+    from .cache import cache_dir
+
+    base = Path(os.environ.get("RKIT_DATA_DIR") or cache_dir())
     return base / f"synthetic-{preset}-seed{seed}"
 
 

@@ -19,7 +19,7 @@ _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSou
 @click.command("train")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
               help="Training database: an `rkit sfm` output folder or a retrieval-SfM db.pkl. "
-                   "Omitted: the embedded synthetic set (built once, cached in $RKIT_CACHE or the run dir).")
+                   "Omitted: the embedded synthetic set (built once, cached in $RKIT_CACHE, default ~/.cache/retrievalkit).")
 @click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the images of a db.pkl.")
 @click.option("--val", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
