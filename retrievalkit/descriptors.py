@@ -32,6 +32,21 @@ FORMAT_VERSION = 1
 _SHOWN_ROWS = 5
 
 
+#: rows shorter than this are divided by it instead (a zero row stays zero)
+L2_EPS = 1e-12
+
+
+def l2_normalize(x: Any, eps: float = L2_EPS) -> Any:
+    """Divide each row (last axis) by its Euclidean length: the one L2 step of the data path.
+
+    ``x / max(||x||, eps)`` for a NumPy array or a torch tensor (differentiable), as
+    docs/definitions.md §1 places it: after pooling, after combining scales, after whitening.
+    """
+    if isinstance(x, np.ndarray):
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+    return x / x.norm(p=2, dim=-1, keepdim=True).clamp(min=eps)
+
+
 class NonFiniteDescriptorsError(RkitError):
     """Descriptors with NaN or infinite values (the message names the source and the rows)."""
 

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
+from .descriptors import l2_normalize
 from .device import resolve_device
 from .errors import RkitError
 from .functional import generalized_mean
@@ -246,7 +246,7 @@ def combine_scales(per_scale: torch.Tensor, p: float | None) -> torch.Tensor:
     if per_scale.shape[0] == 1:
         return per_scale[0]
     combined = per_scale.mean(dim=0) if p is None else generalized_mean(per_scale, p, dim=0)
-    return F.normalize(combined, p=2, dim=-1)
+    return l2_normalize(combined)
 
 
 def pooling_exponent(model: RetrievalModel) -> float | None:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .components import ComponentSpec
+from .descriptors import l2_normalize
 from .errors import RkitError
 from .npzfile import load_npz, save_npz
 
@@ -419,9 +420,7 @@ class FittedWhitening:
             )
         out = np.empty((x2.shape[0], self.out_dim), dtype=np.float32)
         for rows in _chunks(x2.shape[0]):
-            y = (x2[rows].astype(np.float64) - self.mean) @ self.projection.T
-            norms = np.linalg.norm(y, axis=1, keepdims=True)
-            out[rows] = y / np.maximum(norms, np.finfo(np.float64).tiny)
+            out[rows] = l2_normalize((x2[rows].astype(np.float64) - self.mean) @ self.projection.T)
         return out[0] if single else out
 
     def to_linear(self) -> Any:
