@@ -163,16 +163,16 @@ def _revisited(source: Path | None, name: str, data_root: Path, query_descriptor
         _warn_unused_model_options(options, "the database and query descriptors are given")
     if source is not None:
         database = _load(source, options)
-        if database.meta.get("model"):
-            # describe the queries like the database file was (typed options still win), as
-            # `rkit search` does: otherwise they would get this command's defaults
-            options = ModelOptions.from_descriptor_meta(database.meta, base=options)
     else:
         database = _extract(options, dataset.image_paths(), dataset.image_dir, save_descriptors, progress,
                             "database images", dataset=name)
     if query_descriptors is not None:
         queries = _load(query_descriptors, options)
     else:
+        if source is not None and database.meta.get("model"):
+            # describe the queries like the database file was (typed options still win), as
+            # `rkit search` does: otherwise they would get this command's defaults
+            options = ModelOptions.from_descriptor_meta(database.meta, base=options)
         queries = _extract(options, dataset.query_paths(), dataset.image_dir,
                            _queries_path(save_descriptors) if save_descriptors is not None else None,
                            progress, "query crops", crops=dataset.query_crops(), dataset=name, query_crops=True)
