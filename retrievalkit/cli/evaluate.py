@@ -67,7 +67,7 @@ def _extract(options: ModelOptions, paths: list[str], root: Path, save: Path | N
     dset = DescriptorSet(result.descriptors, result.paths, {**made, **meta})
     if save is not None:
         dset.save(save)
-        click.echo(f"wrote {what} descriptors to {save}", err=True)
+        click.echo(f"wrote the descriptors of the {what} to {save}", err=True)
     return dset
 
 

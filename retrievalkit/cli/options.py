@@ -69,6 +69,11 @@ class ModelOptions:
     typed: frozenset[str] = frozenset()
     command_line: frozenset[str] = frozenset()
 
+    @property
+    def whiten_file(self) -> Path | None:
+        """The old name of :attr:`whitening_file` (``--whitening FILE``, formerly ``--whiten FILE``)."""
+        return self.whitening_file
+
     def build(self) -> tuple[RetrievalModel, FittedWhitening | None]:
         """The model (built from components, or loaded from ``--model``) and the whitening file.
 
