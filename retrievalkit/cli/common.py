@@ -29,6 +29,7 @@ def renamed_option(old: str, param: str, new: str, *, key: str | None = None,
     the command line is an error. ``key`` is the hidden option's parameter name (also accepted
     as a ``--config`` key, for files written before the rename).
     """
+    hidden = key or "deprecated_" + old.lstrip("-").replace("-", "_")
 
     def remember(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
         if value is not None:
@@ -44,10 +45,11 @@ def renamed_option(old: str, param: str, new: str, *, key: str | None = None,
                 if ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE:
                     raise RkitError(f"{old} and {new} given together: give only {new}")
                 kwargs[param] = ctx.params[param] = renamed[param]
+                ctx.set_parameter_source(param, ctx.get_parameter_source(hidden))
             return func(*args, **kwargs)
 
-        option = click.option(old, key or "deprecated_" + old.lstrip("-").replace("-", "_"), hidden=True, default=None,
-                              type=type, expose_value=False, callback=remember)
+        option = click.option(old, hidden, hidden=True, default=None, type=type, expose_value=False,
+                              callback=remember)
         return option(wrapper)
 
     return decorator
