@@ -1,10 +1,10 @@
-"""Global descriptors of many images, batched, multi-scale, robust to bad files (SPEC section 1).
+"""Global descriptors of many images, batched, multi-scale, robust to bad files (docs/definitions.md §1).
 
 :func:`extract_descriptors` is what ``rkit extract`` and the trainer's mining step run. For every
 image and every scale it resizes the image so that its longest side is ``image_size * scale``
 (aspect ratio kept, see :func:`retrievalkit.images.resized_shape`), runs the model's backbone and
 pooling and L2-normalises (:meth:`RetrievalModel.pooled`). The scales of one image are then
-combined (SPEC section 1): by the generalised mean with the pooling's exponent ``p`` when the
+combined (docs/definitions.md §1): by the generalised mean with the pooling's exponent ``p`` when the
 pooling has one (GeM), by the arithmetic mean otherwise, then L2-normalised; finally the model's
 own whitening layer, if any, and a whitening file (``whitening=``), if given, are applied
 (both re-normalise). Whitening is linear, so combining before it is the same as the usual "mean
@@ -54,11 +54,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
+from .descriptors import NonFiniteDescriptorsError, check_finite, l2_normalize
 from .device import resolve_device
 from .errors import RkitError
 from .functional import generalized_mean
@@ -66,7 +66,6 @@ from .images import (Box, ImageLoadError, image_size as read_image_size, list_im
                      resize_rgb, resized_shape, scaled_longest, to_uint8_array)
 from .memory import reuse_freed_memory
 from .model import RetrievalModel
-from .whitening import require_finite
 
 if TYPE_CHECKING:
     from .whitening import FittedWhitening
@@ -244,13 +243,13 @@ def parse_scales(text: str, separator: str = ",", what: str = "scales") -> tuple
 def combine_scales(per_scale: torch.Tensor, p: float | None) -> torch.Tensor:
     """Combine ``(S, ..., D)`` L2-normalised descriptors of S scales into L2-normalised ``(..., D)``.
 
-    SPEC section 1: the generalised mean with exponent ``p`` (the pooling's GeM p) if given,
+    docs/definitions.md §1: the generalised mean with exponent ``p`` (the pooling's GeM p) if given,
     else the arithmetic mean; then L2 normalisation. One scale is returned unchanged.
     """
     if per_scale.shape[0] == 1:
         return per_scale[0]
     combined = per_scale.mean(dim=0) if p is None else generalized_mean(per_scale, p, dim=0)
-    return F.normalize(combined, p=2, dim=-1)
+    return l2_normalize(combined)
 
 
 def pooling_exponent(model: RetrievalModel) -> float | None:
@@ -327,7 +326,7 @@ def _checked(pooled: torch.Tensor, items: Sequence[_Item], model: RetrievalModel
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
         names = ", ".join(Path(items[row].file).name for row in np.flatnonzero(bad)[:3])
-        raise RkitError(
+        raise NonFiniteDescriptorsError(
             f"the network gave non-finite (NaN or infinite) descriptors for {int(bad.sum())} image(s) ({names}) "
             f"with {model.config.backbone} and pooling {model.config.pooling}: an activation or the pooling "
             f"overflows; check the weights, or use a smaller pooling exponent (e.g. gem:p=3). Nothing was written"
@@ -441,7 +440,8 @@ def finish_descriptors(model: RetrievalModel, plan: ExtractionPlan, pooled: Pool
             descriptors = model.whiten(combined).float().numpy()
         if whitening is not None:
             descriptors = whitening.apply(descriptors)
-        require_finite(descriptors, "the extraction", "the model or whitening overflows; nothing was written")
+        check_finite(descriptors, "the extraction", paths=[plan.paths[i] for i in kept],
+                     hint="the model or whitening overflows; nothing was written")
     return ExtractionResult(
         descriptors=np.ascontiguousarray(descriptors, dtype=np.float32),
         paths=[plan.paths[i] for i in kept],

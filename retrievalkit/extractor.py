@@ -9,7 +9,7 @@ output is written (formats other than ``.npz`` plug in there)::
     from retrievalkit.extractor import ExtractionSettings, Extractor, write_descriptors
     from retrievalkit.images import list_images
 
-    extractor = Extractor.open(ExtractionSettings(pooling="gem", image_size=448, whiten_file="lw.npz"))
+    extractor = Extractor.open(ExtractionSettings(pooling="gem", image_size=448, whitening_file="lw.npz"))
     root, paths = list_images("photos/")
     result = extractor.extract(paths, root=root)
     write_descriptors("photos.npz", result, extractor.meta(result, root=root))
@@ -46,7 +46,7 @@ class ExtractionSettings:
     pooling: str = ModelConfig.pooling
     weights: str = ModelConfig.weights
     model_dir: Path | None = None
-    whiten_file: Path | None = None
+    whitening_file: Path | None = None
     image_size: int = 1024
     scales: list[float] = dataclasses.field(default_factory=lambda: [1.0])
     batch_size: int = 16
@@ -62,7 +62,7 @@ class ExtractionSettings:
     def from_dict(cls, values: dict[str, Any]) -> ExtractionSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
-        for name in ("model_dir", "whiten_file"):
+        for name in ("model_dir", "whitening_file"):
             if values.get(name):
                 values[name] = Path(values[name])
         return cls(**values)
@@ -102,7 +102,7 @@ class Extractor:
     def open(cls, settings: ExtractionSettings) -> Extractor:
         """Build or load the model and read the whitening file of ``settings``."""
         model = open_model(settings)
-        return cls(settings, model, load_whitening_for(model, settings.whiten_file))
+        return cls(settings, model, load_whitening_for(model, settings.whitening_file))
 
     def _kwargs(self, progress: bool) -> dict[str, Any]:
         from .extract import DEFAULT_BATCH_PIXELS
@@ -139,7 +139,7 @@ class Extractor:
             "model": model.config.to_dict(),
             "model_dir": str(s.model_dir) if s.model_dir is not None else None,
             "image_size": s.image_size, "scales": list(s.scales),
-            "whitening": self.whitening.describe(s.whiten_file) if self.whitening is not None else None,
+            "whitening": self.whitening.describe(s.whitening_file) if self.whitening is not None else None,
             "input_mean": list(model.backbone.mean), "input_std": list(model.backbone.std),
             "pooling_p": pooling_exponent(model),
             "root": str(Path(root).resolve()) if root is not None else None,

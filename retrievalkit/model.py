@@ -1,10 +1,10 @@
 """The global descriptor network: backbone + pooling + L2 + (optional) whitening + L2.
 
-SPEC section 1: image -> backbone (convolutional part) -> feature map -> pooling -> L2-normalise
+docs/definitions.md §1: image -> backbone (convolutional part) -> feature map -> pooling -> L2-normalise
 -> optional whitening (an affine layer, weight P and bias -P m, :class:`WhiteningLayer`) ->
 L2-normalise. The whitening layer runs :func:`retrievalkit.whitening.whiten_rows` in float64,
 the same function that applies a whitening file, so a model carrying a whitening and a
-``--whiten FILE`` give identical descriptors. The model takes
+``--whitening FILE`` give identical descriptors. The model takes
 images with values in [0, 1] and applies the backbone's own input normalisation itself, so no
 caller needs to know which normalisation a backbone wants.
 
@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_path, write_text_atomic
 from .components import ComponentSpec
+from .descriptors import l2_normalize
 from .errors import RkitError
 from .plugins import PluginHost, get_host
 
@@ -117,7 +117,7 @@ class RetrievalModel(nn.Module):
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised pooled descriptors, before whitening."""
-        return F.normalize(self.pooling(self.feature_map(images)), p=2, dim=-1)
+        return l2_normalize(self.pooling(self.feature_map(images)))
 
     def whiten(self, descriptors: torch.Tensor) -> torch.Tensor:
         """Apply the whitening layer (if any), which re-normalises."""

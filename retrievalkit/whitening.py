@@ -1,4 +1,4 @@
-"""Whitening and dimension reduction of global descriptors (SPEC section 2).
+"""Whitening and dimension reduction of global descriptors (docs/definitions.md §2).
 
 A whitening is an affine map learned on training descriptors (never on the test data):
 
@@ -23,7 +23,7 @@ This module holds what every whitening method shares:
 The methods themselves are plugins (``plugins/retrievalkit_builtins/whitenings/``). All fits
 run in float64; :meth:`FittedWhitening.apply` also computes in float64 and returns float32.
 
-Choices where SPEC is silent (written down here as it asks):
+Choices where the definitions (docs/definitions.md §2) are silent, written down here:
 
 * covariances are means (divided by N, the number of descriptors or pairs), not N - 1;
 * the ridge is relative: ``C + ridge * trace(C) / D * I``, so it does not depend on the scale of
@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from .components import ComponentSpec
+from .descriptors import check_finite, l2_normalize
 from .errors import RkitError
 from .npzfile import load_npz, save_npz
 
@@ -414,14 +415,6 @@ def check_output_dim(dim: int | None, rank: int, what: str, hint: str) -> int:
 
 # -- applying a whitening: the one code path --------------------------------------------------
 
-def require_finite(x: np.ndarray, what: str, hint: str) -> None:
-    """Raise :class:`RkitError` when ``x`` holds NaN or infinite values (says how many rows)."""
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = int((~finite.reshape(len(x), -1).all(axis=1)).sum()) if x.ndim else 1
-        raise RkitError(f"{what} gave {bad} non-finite (NaN or infinite) row(s): {hint}")
-
-
 def whiten_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, what: str = "the whitening") -> np.ndarray:
     """``L2(W x + b)`` of each row of ``x`` in float64, returned as float32.
 
@@ -431,18 +424,15 @@ def whiten_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, what: str =
     are processed in chunks so no ``(N, D)`` float64 copy is made of a large matrix. Non-finite
     input or output is refused.
     """
-    x = np.asarray(x)
-    require_finite(x, f"{what}: the input descriptors", "re-extract them (every descriptor must be finite)")
+    x = check_finite(np.asarray(x), f"{what}: the input", hint="re-extract them (every descriptor must be finite)")
     weight = np.asarray(weight, dtype=np.float64)
     bias = np.asarray(bias, dtype=np.float64).reshape(-1)
     out = np.empty((x.shape[0], weight.shape[0]), dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):  # checked below, with a clear message
         for rows in _chunks(x.shape[0]):
-            y = x[rows].astype(np.float64) @ weight.T + bias
-            norms = np.linalg.norm(y, axis=1, keepdims=True)
-            out[rows] = y / np.maximum(norms, np.finfo(np.float64).tiny)
-    require_finite(out, what, "its matrix holds huge or non-finite values: fit it again on finite descriptors")
-    return out
+            out[rows] = l2_normalize(x[rows].astype(np.float64) @ weight.T + bias)
+    return check_finite(out, f"{what}: the output",
+                        hint="its matrix holds huge or non-finite values: fit it again on finite descriptors")
 
 
 # -- the fitted whitening ------------------------------------------------------------------

@@ -35,7 +35,7 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
 
     \b
     rkit extract photos/ --pooling gem --image-size 448 --out photos.npz
-    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whiten lw.npz
+    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whitening lw.npz
     rkit extract photos/ --shard 1/2 --out part1.npz   (then: rkit merge part1.npz part2.npz --out all.npz)
     torchrun --nproc-per-node 2 -m retrievalkit extract photos/ --out photos.npz
     """
