@@ -16,7 +16,7 @@ Wall time, images/s, CPU time (user and system, this process and its workers), m
 and peak RSS of the main process are reported; the ratios are what to compare, as the absolute
 times depend on the other jobs on the machine.
 
-    nice -n 10 python bench/bench_extract.py --out docs/bench-sections/02-extraction.md
+    python bench/bench_extract.py --out docs/bench-sections/02-extraction.md
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def main() -> int:
                   f"system {result['system']:.1f} s, peak {result['peak_rss_gb']:.2f} GB", flush=True)
     lines = _table(results, sizes, args.threads, results[0]["images"])
     lines += ["", "Reproduce:", "", "```",
-              f"nice -n 10 python bench/bench_extract.py --sizes {args.sizes} --every {args.every} "
+              f"python bench/bench_extract.py --sizes {args.sizes} --every {args.every} "
               f"--threads {args.threads} --out docs/bench-sections/02-extraction.md", "```", ""]
     text = "\n".join(lines)
     print(text)
