@@ -398,21 +398,19 @@ def pool_share(model: RetrievalModel, plan: ExtractionPlan, *, share: tuple[int,
     pooled, previously_failed = _resume(checkpoint_path, fingerprint)
     failed.update(previously_failed)
     batches = plan_batches(plan.items, batch_size, max_batch_pixels, share)
-    mine = [plan.items[i] for batch in batches for i in batch]
-    todo = [item for item in mine if (item.image, item.scale) not in pooled and item.image not in failed]
-    position = {id(item): row for row, item in enumerate(todo)}
-    todo_batches = [[position[id(plan.items[i])] for i in batch if id(plan.items[i]) in position] for batch in batches]
-    todo_batches = [batch for batch in todo_batches if batch]
+    to_do = lambda item: (item.image, item.scale) not in pooled and item.image not in failed  # noqa: E731
+    todo_batches = [kept for kept in ([i for i in batch if to_do(plan.items[i])] for batch in batches) if kept]
+    mine, todo = sum(map(len, batches)), sum(map(len, todo_batches))
     save = None
     if checkpoint_path is not None:
         save = lambda: save_pooled(checkpoint_path, {"fingerprint": fingerprint}, pooled, failed)  # noqa: E731
     was_training = model.training
     model.eval()
     model.to(torch_device)
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress,
+    bar = tqdm(total=mine, initial=mine - todo, unit="img", disable=not progress,
                desc="extract" if len(plan.scales) == 1 else f"extract ({len(plan.scales)} scales)", dynamic_ncols=True)
     try:
-        run_batches(model, todo, todo_batches, device=torch_device, num_workers=num_workers, pooled=pooled,
+        run_batches(model, plan.items, todo_batches, device=torch_device, num_workers=num_workers, pooled=pooled,
                     failed=failed, progress=bar, save=save, checkpoint_every=checkpoint_every)
     finally:
         bar.close()
