@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from typing import Any
 
 import click
 
 from ..config import add_config_option, config_option
 from ..errors import RkitError
+from ..plugins import PluginWarning
 
 #: command name -> (module, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -31,6 +33,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ablate": ("retrievalkit.cli.ablate", "command", "Run a grid of component/option ablations."),
     "report": ("retrievalkit.cli.report", "command", "Write an HTML report of an evaluation or ablation."),
 }
+
+
+_show_python_warning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Plugin warnings read as ``Warning: ...`` (no file and line of the host's code)."""
+    if issubclass(category, PluginWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _show_python_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _show_warning
 
 
 class LazyGroup(click.Group):

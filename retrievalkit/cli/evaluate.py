@@ -21,8 +21,14 @@ from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..evaluate import (DEFAULT_KS, EvaluationResult, evaluate_folder_collection, evaluate_revisited,
                         folder_labels, rankings_document)
-from ..extract import partial_path
 from .options import ModelOptions, extract_with_options, model_options
+
+
+def partial_path(path: Path) -> Path:
+    """:func:`retrievalkit.extract.partial_path`, imported on use (that module imports torch)."""
+    from ..extract import partial_path as extract_partial_path
+
+    return extract_partial_path(path)
 
 
 def parse_ks(text: str) -> list[int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ..train import TrainConfig, read_saved_config, train
+from ..settings import TrainConfig
 
 _DEFAULTS = TrainConfig()
 #: Sources that count as "the user asked for this value" when resuming.
@@ -78,6 +78,8 @@ def command(ctx: click.Context, resume: bool, **options: object) -> None:
     rkit train --data runs/sfm --val photos/ --miner m3 --negatives n2 --epochs 10
     rkit train --run-dir runs/train --resume        (after an interruption)
     """
+    from ..train import read_saved_config, train  # torch: only once the command runs
+
     values = {key: (str(value) if isinstance(value, Path) else value) for key, value in options.items()}
     if resume:
         saved = read_saved_config(values["run_dir"])
