@@ -14,8 +14,8 @@ without importing any plugin:
   which carry name and version);
 * the entry points of the ``retrievalkit`` group, with their distribution's name and version;
 * for each of them, every ``.py`` file of the top-level package its module lives in (path,
-  modification time in ns, size), located with ``importlib.util.find_spec`` on the top-level
-  name, which does not import it;
+  modification time in ns, size), located by asking the import system's finders for the
+  top-level name, which imports nothing;
 * the ``RKIT_BLOCK_PLUGINS`` names.
 
 Any difference is a miss: the host then imports every plugin, validates everything and writes a
@@ -26,11 +26,11 @@ written only when every plugin loaded: a broken plugin is reported on every run,
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from importlib.machinery import ModuleSpec
 from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,25 @@ def _py_files(directory: str) -> list[str]:
     return found[:_MAX_FILES]
 
 
+def _find_spec(name: str) -> ModuleSpec | None:
+    """Where the import system would find top-level ``name`` now (ignoring ``sys.modules``)."""
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        if find is None:
+            continue
+        try:
+            spec = find(name, None)
+        except Exception:  # noqa: BLE001 - a third-party finder's problem is not a listing's
+            continue
+        if spec is not None:
+            return spec
+    return None
+
+
 def module_files(module: str) -> list[list[Any]]:
     """(path, mtime_ns, size) of every ``.py`` file of the top-level package of ``module``."""
     top = module.split(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        spec = None
+    spec = _find_spec(top)
     if spec is None:
         return [[top, "not found"]]
     if spec.submodule_search_locations:
