@@ -16,6 +16,7 @@ from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..whitening import DEFAULT_MAX_PAIRS, FittedWhitening, WhiteningData, fit_whitening, read_pairs_file
+from .options import component_callback
 
 
 def read_labels(spec: str, paths: list[str]) -> np.ndarray:
@@ -55,7 +56,7 @@ def group() -> None:
 
 @group.command("fit")
 @click.argument("descriptors", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--method", default="learned", show_default=True,
+@click.option("--method", default="learned", show_default=True, callback=component_callback("whitening"),
               help="Whitening component and options: none, pca, pca:whiten=false, learned, "
                    "learned:rotation=all, learned:ridge=0.1 ...")
 @click.option("--dim", type=int, default=None,
