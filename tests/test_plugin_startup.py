@@ -237,3 +237,17 @@ def test_every_kind_has_its_hook_specification():
 
     for kind in KINDS:
         assert callable(getattr(hookspecs, hookspecs.HOOK_FOR_KIND[kind]))
+
+
+def test_a_command_whose_dependency_is_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from retrievalkit import cli as cli_package
+
+    (tmp_path / "fake_cmd_module.py").write_text("import retrievalkit_missing_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli_package.COMMANDS, "broken", ("fake_cmd_module", "command", "A broken command."))
+    with pytest.raises(SystemExit) as info:
+        main(["broken", "--help"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "`rkit broken` cannot start: ModuleNotFoundError" in err and "retrievalkit_missing_dependency_xyz" in err
+    sys.modules.pop("fake_cmd_module", None)

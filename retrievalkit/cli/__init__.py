@@ -65,8 +65,14 @@ class LazyGroup(click.Group):
         if name not in COMMANDS or not self._available(name):
             return None
         module_name, attr, _ = COMMANDS[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # a missing or broken dependency of this one command
+            raise RkitError(f"`rkit {name}` cannot start: {type(exc).__name__}: {exc}. Install the package "
+                            f"that provides it, or reinstall retrievalkit; the other commands are not "
+                            f"affected") from exc
         # Every command takes --config FILE (TOML defaults, overridden by flags): retrievalkit.config
-        return add_config_option(getattr(importlib.import_module(module_name), attr))
+        return add_config_option(getattr(module, attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
