@@ -34,14 +34,14 @@ import pluggy
 
 from . import hookspecs, plugin_cache
 from .components import KINDS, PLURAL, Component, ComponentSpec, Option, validate_options
-from .errors import ComponentOptionError, PluginError, UnknownComponentError
+from .errors import ComponentOptionError, PluginError, RkitWarning, UnknownComponentError
 
 ENTRY_POINT_GROUP = "retrievalkit"
 BLOCK_ENV_VAR = "RKIT_BLOCK_PLUGINS"
 _TYPES: dict[str, type] = {t.__name__: t for t in (bool, int, float, str)}
 
 
-class PluginWarning(UserWarning):
+class PluginWarning(RkitWarning):
     """A plugin problem that leaves the other plugins usable (import failure, unknown block name)."""
 
 

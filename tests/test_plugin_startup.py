@@ -251,3 +251,19 @@ def test_a_command_whose_dependency_is_missing_is_a_clear_error(tmp_path, monkey
     err = capsys.readouterr().err
     assert "`rkit broken` cannot start: ModuleNotFoundError" in err and "retrievalkit_missing_dependency_xyz" in err
     sys.modules.pop("fake_cmd_module", None)
+
+
+def test_the_cached_listing_equals_the_one_read_from_the_plugins(cache_env):
+    loaded = PluginHost(use_cache=False).all_components()
+    PluginHost().all_components()  # writes the listing
+    cached_host = PluginHost()
+    assert cached_host._cached is not None
+    cached = cached_host.all_components()
+    for kind, components in loaded.items():
+        assert sorted(cached[kind]) == sorted(components)
+        for name, rc in components.items():
+            twin = cached[kind][name]
+            assert (twin.summary, twin.reference, twin.plugin, twin.distribution, twin.version) == \
+                (rc.summary, rc.reference, rc.plugin, rc.distribution, rc.version)
+            assert {o.name: (o.type, o.required, o.describe()) for o in twin.options.values()} == \
+                {o.name: (o.type, o.required, o.describe()) for o in rc.options.values()}

@@ -17,8 +17,7 @@ from typing import Any
 import click
 
 from ..config import add_config_option, config_option
-from ..errors import RkitError
-from ..plugins import PluginWarning
+from ..errors import RkitError, RkitWarning
 
 #: command name -> (module, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -40,8 +39,8 @@ _show_python_warning = warnings.showwarning
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
-    """Plugin warnings read as ``Warning: ...`` (no file and line of the host's code)."""
-    if issubclass(category, PluginWarning):
+    """rkit's own warnings read as ``Warning: ...`` (no file and line of the code that warned)."""
+    if issubclass(category, RkitWarning):
         click.echo(f"Warning: {message}", err=True)
     else:
         _show_python_warning(message, category, filename, lineno, file, line)
