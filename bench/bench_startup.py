@@ -60,7 +60,7 @@ def cases(rkit: str, python: str, work: Path) -> list[tuple[str, list[str], bool
             ("rkit plugins --options (warm)", [rkit, "plugins", "--options"], False),
             ("rkit extract DIR --pooling bogus (warm)", [rkit, "extract", str(images), "--pooling", "bogus"], False),
             ("rkit whiten fit (200 x 64-D, pca; warm)",
-             [rkit, "whiten", "fit", str(work / "d.npz"), "--method", "pca", "--out", str(work / "w.npz")], False)]
+             [rkit, "whiten", "fit", str(work / "d.npz"), "--whiten", "pca", "--out", str(work / "w.npz")], False)]
     return out
 
 
@@ -121,7 +121,7 @@ def reported_fit_lines(tools: dict[str, tuple[str, str]], work: Path) -> str:
     lines = []
     for name, (rkit, _) in tools.items():
         started = time.perf_counter()
-        done = subprocess.run([rkit, "whiten", "fit", str(work / "d.npz"), "--method", "pca", "--out",
+        done = subprocess.run([rkit, "whiten", "fit", str(work / "d.npz"), "--whiten", "pca", "--out",
                                str(work / "w.npz")], capture_output=True, text=True,
                               env={**os.environ, "RKIT_CACHE": str(work / "cache-fit")}, check=False)
         wall = time.perf_counter() - started

@@ -28,7 +28,6 @@ import datetime
 import difflib
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -54,16 +53,6 @@ META_KEY_FILES = "retrievalkit.config.key_files"
 META_FILES = "retrievalkit.config.files"
 #: File name commands use for the resolved configuration next to their outputs.
 RESOLVED_CONFIG_NAME = "rkit-config.toml"
-
-
-#: Environment variable naming the rkit cache folder (downloads, the plugin listing ...).
-CACHE_ENV_VAR = "RKIT_CACHE"
-
-
-def cache_dir() -> Path:
-    """The rkit cache folder: ``$RKIT_CACHE`` if set, else ``~/.cache/retrievalkit``."""
-    configured = os.environ.get(CACHE_ENV_VAR)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "retrievalkit"
 
 
 class ConfigError(RkitError):

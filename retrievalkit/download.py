@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
-from .config import CACHE_ENV_VAR, cache_dir  # noqa: F401  (re-exported; defined once there)
+from .cache import CACHE_ENV_VAR, cache_dir  # noqa: F401 (re-exported; defined once in cache.py)
 from .errors import RkitError
 
 _CHUNK = 1 << 20

@@ -132,7 +132,7 @@ def listing_key(entry_points: Iterable[EntryPoint], blocked: Iterable[str]) -> d
 
 def cache_path() -> Path:
     """The listing file of this Python environment (one file each; a new key replaces it)."""
-    from .config import cache_dir
+    from .cache import cache_dir
 
     environment = hashlib.sha256(f"{sys.prefix}\0{sys.executable}".encode()).hexdigest()[:16]
     return cache_dir() / "plugins" / f"listing-{environment}.json"

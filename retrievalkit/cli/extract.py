@@ -30,7 +30,7 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
 
     \b
     rkit extract photos/ --pooling gem --image-size 448 --out photos.npz
-    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whiten lw.npz
+    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whitening lw.npz
     """
     from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent  # torch: on use
 
