@@ -111,7 +111,7 @@ def table(results: dict[str, dict[str, list]]) -> str:
             failed = "" if all(s[2] in (0, 2) for s in samples) else " (failed)"
             cells += [f"{wall:.2f}{failed}", f"{rss:.0f}"]
             walls.append(wall)
-        ratio = [f"{walls[1] / walls[0]:.1f}x"] if len(names) == 2 else []
+        ratio = [f"{walls[0] / walls[1]:.1f}x"] if len(names) == 2 else []
         rows.append(f"| {label} | " + " | ".join(cells + ratio) + " |")
     return "\n".join(rows) + "\n"
 
@@ -119,13 +119,13 @@ def table(results: dict[str, dict[str, list]]) -> str:
 def reported_fit_lines(tools: dict[str, tuple[str, str]], work: Path) -> str:
     """What ``rkit whiten fit`` itself reports as its time, next to the wall time of the process."""
     lines = []
-    for name, (rkit, _) in tools.items():
+    for index, (name, (rkit, _)) in enumerate(tools.items()):
         started = time.perf_counter()
         done = subprocess.run([rkit, "whiten", "fit", str(work / "d.npz"), "--whiten", "pca", "--out",
                                str(work / "w.npz")], capture_output=True, text=True,
-                              env={**os.environ, "RKIT_CACHE": str(work / "cache-fit")}, check=False)
+                              env={**os.environ, "RKIT_CACHE": str(work / f"cache-{index}")}, check=False)
         wall = time.perf_counter() - started
-        said = (done.stdout + done.stderr).strip().splitlines()
+        said = [ln for ln in (done.stdout + done.stderr).splitlines() if " s;" in ln or " s " in ln]
         lines.append(f"- {name}: process {wall:.2f} s; the command said: `{said[-1] if said else ''}`")
     return "\n".join(lines) + "\n"
 

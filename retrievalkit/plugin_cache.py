@@ -145,7 +145,7 @@ def enabled() -> bool:
 def _stored() -> list[dict[str, Any]]:
     try:
         stored = json.loads(cache_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: no home folder to find the cache in
         return []
     entries = stored.get("entries") if isinstance(stored, dict) else None
     return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
@@ -178,5 +178,5 @@ def write_listing(key: Mapping[str, Any], listing: Mapping[str, Any]) -> None:
     entries += [e for e in _stored() if e.get("key") != wanted][: _KEPT_KEYS - 1]
     try:
         write_text_atomic(cache_path(), json.dumps({"entries": entries}, default=str))
-    except OSError:
+    except (OSError, RuntimeError):
         pass

@@ -194,6 +194,28 @@ def test_rkit_with_a_broken_plugin_warns_names_it_and_runs(install_fake_plugin, 
     assert result["codes"] == [0] and "Warning" not in err
 
 
+def test_rkit_extract_runs_beside_a_broken_plugin(install_fake_plugin, cache_env, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from retrievalkit.descriptors import DescriptorSet
+
+    install_fake_plugin("rkit-broken", "broken-plugin", "fake_broken", BROKEN_IMPORT)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(images / name)
+    out = tmp_path / "d.npz"
+    with pytest.warns(PluginWarning, match="RKIT_BLOCK_PLUGINS=broken-plugin"):
+        try:
+            main(["extract", str(images), "--pooling", "mac", "--weights", "none", "--image-size", "48",
+                  "--workers", "0", "--device", "cpu", "--no-progress", "--out", str(out)])
+        except SystemExit as exit_:
+            pytest.fail(f"rkit extract exited with {exit_.code}: {capsys.readouterr().err}")
+    assert DescriptorSet.load(out).paths == ["a.png", "b.png"]
+
+
 def test_a_hook_that_raises_is_an_error_naming_the_plugin(install_fake_plugin, cache_env, capsys):
     install_fake_plugin("rkit-raiser", "raising-plugin", "fake_raiser", RAISING_HOOK)
     with pytest.raises(PluginError) as info:
