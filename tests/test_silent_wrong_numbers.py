@@ -87,6 +87,8 @@ def test_index_entry_refuses_non_finite_arrays_made_in_memory():
         search(build_index(unit_rows(6)), x[1:2], 3)
     with pytest.raises(NonFiniteDescriptorsError):            # e.g. `rkit ablate`'s in-memory sets
         evaluate_folder_collection(x, list("AAABBB"))
+    with pytest.raises(NonFiniteDescriptorsError, match=r"extracted: 1 of 6 .*row 1 \(A/1.jpg\)"):
+        evaluate_descriptors(DescriptorSet(x, [f"{c}/{i}.jpg" for i, c in enumerate("AAABBB")]), source="extracted")
 
 
 def test_self_exclusion_is_by_row_number_even_with_duplicates():
