@@ -55,6 +55,10 @@ def test_check_finite_names_the_source_the_count_and_the_rows():
     assert "db.npz" in message and "2 of 8 descriptors" in message
     assert "2 (2.jpg), 5 (5.jpg)" in message
     assert check_finite(unit_rows(3), "fine") is not None
+    from retrievalkit.descriptors import _non_finite_rows
+
+    assert _non_finite_rows(x, block=3).tolist() == [2, 5]          # checked in blocks of rows
+    assert _non_finite_rows(np.zeros((0, 4))).tolist() == []
 
 
 def test_one_nan_descriptor_is_refused_by_eval_not_scored(tmp_path, capsys):
