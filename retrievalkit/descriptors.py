@@ -89,7 +89,7 @@ def _non_finite_rows(array: np.ndarray, block: int = 1 << 16) -> np.ndarray:
     """Row numbers holding a NaN or infinity, checked in blocks of rows (bounded memory, memmaps too)."""
     if array.ndim < 2:
         return np.array([0]) if not np.isfinite(array).all() else np.array([], dtype=np.int64)
-    flat = array.reshape(array.shape[0], -1)
+    flat = array.reshape(array.shape[0], -1) if array.size else array[:, :0]
     bad = [start + np.flatnonzero(~np.isfinite(flat[start:start + block]).all(axis=1))
            for start in range(0, flat.shape[0], block)]
     return np.concatenate(bad) if bad else np.array([], dtype=np.int64)
