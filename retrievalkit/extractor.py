@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import RkitError
-from .model import ModelConfig
+from .settings import ModelConfig
 
 if TYPE_CHECKING:
     from .extract import ExtractionResult
