@@ -140,3 +140,17 @@ def test_torchrun_two_ranks_write_one_file_equal_to_one_process(collection, sing
     assert [p for p, _ in ranks.meta["failed"]] == ["bad.jpg"]
     assert done.stdout.count("wrote") == 1  # rank 0 only
     assert not list(collection.glob("ranks.partial*"))
+
+
+def test_shard_numbers_and_rank_checkpoints() -> None:
+    from pathlib import Path
+
+    from retrievalkit.errors import RkitError
+    from retrievalkit.shards import parse_shard, rank_checkpoint
+
+    assert parse_shard("2/4") == (1, 4)
+    for bad in ("0/4", "5/4", "2", "a/b", "1/0"):
+        with pytest.raises(RkitError, match="write K/N"):
+            parse_shard(bad)
+    assert rank_checkpoint(Path("o.partial.npz"), (1, 4)) == Path("o.partial.rank2-of-4.npz")
+    assert rank_checkpoint(Path("o.partial.npz"), (0, 1)) == Path("o.partial.npz")
