@@ -223,6 +223,7 @@ def test_cli_trains_and_resumes(tmp_path, database, host, monkeypatch):
 
     database.save(tmp_path / "db")
     monkeypatch.setattr(train_module, "get_host", lambda: host)
+    monkeypatch.setattr("retrievalkit.plugins.get_host", lambda: host)  # the CLI checks component names with it
     runner = CliRunner()
     args = ["train", "--data", str(tmp_path / "db"), "--run-dir", str(tmp_path / "run"), "--backbone", "tiny-cnn",
             "--weights", "none", "--miner", "m2", "--negatives", "n2", "--num-negatives", "2", "--epochs", "1",
