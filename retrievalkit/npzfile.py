@@ -7,6 +7,8 @@ they are written, versioned and checked on reading in one place.
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ def save_npz(path: str | Path, meta: dict[str, Any], format_version: int,
     """Write ``arrays`` and ``meta`` (with ``format_version``) to ``path`` atomically."""
     path = Path(path)
     meta = {"format_version": format_version, **meta}
-    with atomic_path(path, suffix=".npz") as tmp:
+    size = sum(np.asarray(a).nbytes for a in arrays.values())
+    with atomic_path(path, suffix=".npz", size_hint=size) as tmp:
         np.savez(tmp, **arrays, meta=np.asarray(json.dumps(meta, default=json_default)))
     return path
 
@@ -42,8 +45,10 @@ def load_npz(path: str | Path, keys: Sequence[str], *, what: str, made_by: str, 
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in keys}
             meta = json.loads(str(data["meta"])) if meta_required or "meta" in data else {}
-    except (OSError, KeyError, ValueError) as exc:
-        raise RkitError(f"{path} is not a {what} written by `{made_by}` ({exc})") from exc
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # a truncated or damaged archive (BadZipFile, EOFError, zlib.error) included
+        raise RkitError(f"{path} is not a {what} written by `{made_by}`, or it is damaged "
+                        f"(cut short?) ({type(exc).__name__}: {exc}): write it again with `{made_by}`") from exc
     if meta.get("format_version", 0) > format_version:
         raise RkitError(f"{path} was written by a newer retrievalkit (format "
                         f"{meta['format_version']}): upgrade retrievalkit to read it")

@@ -11,6 +11,7 @@ import click
 
 from ..ablate import DEFAULT_SETTINGS, AblationOptions, format_table, parse_grid, run_ablation
 from ..config import write_resolved_config
+from ..outputs import check_output_path
 
 
 @click.command("ablate")
@@ -64,6 +65,7 @@ def command(data: Path, whiten_data: Path | None, out_dir: Path, grid: tuple[str
     base = {"backbone": backbone, "weights": weights, "pooling": pooling, "image_size": str(image_size),
             "scales": scales.replace(",", "+"), "whiten": whiten, "dim": str(dim)}
     parsed = parse_grid(grid)
+    check_output_path(out_dir, [data, whiten_data], folder=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_resolved_config(out_dir)
     options = AblationOptions(data=data, out_dir=out_dir, whiten_data=whiten_data, device=device,
