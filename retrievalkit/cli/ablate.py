@@ -85,6 +85,9 @@ def command(data: Path, whiten_data: Path | None, out_dir: Path, grid: tuple[str
         f"{s['whitening_fits_run']} run ({s['whitening_fit_s']:.1f} s), {s['whitening_fits_reused']} reused. "
         f"Wall time {s['wall_s']:.1f} s."
     )
+    if result.earlier:
+        click.echo(f"{len(result.earlier)} cell(s) of earlier runs into {out_dir} (same data) are listed too, "
+                   f"marked '(earlier run)'.")
     click.echo(f"Results: {out_dir / 'results.md'}, results.csv, results.json")
     if result.failed:
         click.echo(f"{len(result.failed)} cell(s) failed (see the table); re-running retries them.", err=True)
