@@ -237,3 +237,45 @@ def test_sigterm_during_extract_keeps_a_resumable_partial_and_says_how_to_resume
     code, resumed_err = run(capsys, *resume, "--no-progress")
     assert code == 0, resumed_err
     assert len(DescriptorSet.load(out)) == 400 and not partial.exists()
+
+
+# -- rkit report: damaged rankings files, TeX-looking file names --------------------------------------
+def _rankings(tmp_path: Path, names: list[str]) -> Path:
+    from retrievalkit.evaluate import evaluate_folder_collection, folder_labels, rankings_document
+
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(2)
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(root / name)
+    x = rng.normal(size=(len(names), 6)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    result = evaluate_folder_collection(x, folder_labels(names), names=names)
+    path = tmp_path / "rank.json"
+    path.write_text(json.dumps(rankings_document({"all": result}, names, names, root=str(root))))
+    return path
+
+
+@pytest.mark.parametrize("field, value", [("ap", "abc"), ("score", "0.5x"), ("n_positives", 2.5),
+                                          ("precision", {"1": [1]})])
+def test_report_on_a_rankings_file_with_a_non_numeric_field(field, value, tmp_path, capsys):
+    path = _rankings(tmp_path, ["a/0.jpg", "a/1.jpg", "b/0.jpg", "b/1.jpg"])
+    doc = json.loads(path.read_text())
+    entry = doc["settings"]["all"]["queries"][1]
+    if field == "score":
+        entry["top"][0]["score"] = value
+    else:
+        entry[field] = value
+    path.write_text(json.dumps(doc))
+    err = expect_error(capsys, "report", path, "--out", tmp_path / "r.html", match="settings.all.queries[1]")
+    assert "rkit eval" in err and not (tmp_path / "r.html").exists()
+
+
+def test_report_with_dollar_signs_in_file_names(tmp_path, capsys):
+    """matplotlib would read `$...$` in a legend label as TeX (and fail on `$^$`)."""
+    names = ["a/price $5 or $6.jpg", "a/1.jpg", "b$/x $^$ y.jpg", "b$/1.jpg"]
+    path = _rankings(tmp_path, names)
+    code, err = run(capsys, "report", path, "--out", tmp_path / "r.html")
+    assert code == 0, err
+    text = (tmp_path / "r.html").read_text()
+    assert "price $5 or $6.jpg" in text and text.count('class="plot"') == 2
