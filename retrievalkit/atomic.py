@@ -4,7 +4,8 @@ Every file the toolkit produces is written through :func:`atomic_path`: the data
 temporary file in the same folder, is flushed to disk, and is renamed over the target only when
 the writer finished without an exception (including ``KeyboardInterrupt``).
 
-A full disk (``ENOSPC``, or ``EDQUOT``: quota exceeded) while writing becomes a
+A full disk (``ENOSPC``, or ``EDQUOT``: quota exceeded; or a writer's own "write failed" error,
+such as ``torch.save``'s, when the disk is nearly full) while writing becomes a
 :class:`~retrievalkit.errors.DiskFullError` naming the file, the space needed and free, and
 saying that the previous version of the file is intact.
 """
@@ -22,6 +23,20 @@ from pathlib import Path
 from .errors import DiskFullError
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+#: below this many free bytes, a writer's vague "write failed" (torch.save says
+#: "PytorchStreamWriter failed writing file ...: file write failed") is taken for a full disk
+_NEARLY_FULL = 1 << 20
+
+
+def _is_disk_full(exc: BaseException, folder: Path) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_FULL
+    if isinstance(exc, RuntimeError) and "write failed" in str(exc):
+        try:
+            return shutil.disk_usage(folder).free < _NEARLY_FULL
+        except OSError:
+            return False
+    return False
 
 
 def _size(n: float) -> str:
@@ -74,8 +89,8 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None,
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except OSError as exc:
-        if exc.errno in _DISK_FULL:
+    except (OSError, RuntimeError) as exc:
+        if _is_disk_full(exc, target.parent):
             raise disk_full_error(target, tmp, size_hint) from exc
         raise
     finally:

@@ -279,3 +279,42 @@ def test_report_with_dollar_signs_in_file_names(tmp_path, capsys):
     assert code == 0, err
     text = (tmp_path / "r.html").read_text()
     assert "price $5 or $6.jpg" in text and text.count('class="plot"') == 2
+
+
+# -- Ctrl-C / SIGTERM in the other long commands: what was kept, how to resume ----------------------
+def test_interrupted_ablation_and_synth_say_what_was_kept(files, monkeypatch, capsys):
+    import retrievalkit.cli.ablate as cli_ablate
+    import retrievalkit.synth as synth
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_ablate, "run_ablation", interrupted)
+    monkeypatch.setattr(synth, "generate_synthetic", interrupted)
+    code, err = run(capsys, "ablate", "--data", files / "photos", "--out", files / "abl")
+    assert code == 130 and "Interrupted: kept 0 finished cell result(s)" in err, err
+    assert f"Resume with: rkit ablate --data {files / 'photos'} --out {files / 'abl'}" in err
+    code, err = run(capsys, "data", "synth", "--out", files / "set", *SYNTH)
+    assert code == 130 and "Interrupted: kept the views rendered so far" in err, err
+    assert "Resume with: rkit data synth --out" in err
+
+
+def test_full_disk_while_torch_saves_a_checkpoint(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError "... file write failed"."""
+    import shutil
+    from collections import namedtuple
+
+    from retrievalkit.atomic import atomic_path
+
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"epoch 3")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100, 100, 0))
+    with pytest.raises(DiskFullError, match="previous checkpoint.pt is intact"):
+        with atomic_path(target):
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed "
+                               "writing file data/0: file write failed")
+    assert target.read_bytes() == b"epoch 3"
+    with pytest.raises(RuntimeError, match="unrelated"):  # other errors pass through unchanged
+        with atomic_path(target):
+            raise RuntimeError("unrelated")

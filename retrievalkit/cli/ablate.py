@@ -11,6 +11,8 @@ import click
 
 from ..ablate import DEFAULT_SETTINGS, AblationOptions, format_table, parse_grid, run_ablation
 from ..config import write_resolved_config
+from ..errors import Interrupted
+from ..interrupt import rerun_command
 from ..outputs import check_output_path
 
 
@@ -71,7 +73,12 @@ def command(data: Path, whiten_data: Path | None, out_dir: Path, grid: tuple[str
     options = AblationOptions(data=data, out_dir=out_dir, whiten_data=whiten_data, device=device,
                               batch_size=batch_size, num_workers=num_workers, progress=progress,
                               share_whitening_fits=not refit_per_dim)
-    result = run_ablation(base, parsed, options)
+    try:
+        result = run_ablation(base, parsed, options)
+    except KeyboardInterrupt:
+        done = len(list((out_dir / "cells").glob("*.json")))
+        raise Interrupted(kept=f"{done} finished cell result(s) in {out_dir / 'cells'} (and the extractions "
+                               f"so far in {out_dir / 'descriptors'})", resume=rerun_command()) from None
     fixed = {k: v for k, v in result.base.items() if k not in result.axes}
     click.echo("fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
     click.echo(format_table(result))
