@@ -674,9 +674,11 @@ def generate_synthetic(
     If ``out_dir`` already holds a complete set made with the same parameters and format
     version, nothing is done. Otherwise the set is rendered into a hidden sibling folder
     (``.<name>.partial-<digest>``; each image written atomically, so an interrupted run resumes
-    where it stopped) which is renamed to ``out_dir`` when complete. An existing ``out_dir``
-    with other content is an error unless ``overwrite`` (then it is replaced); a set made with
-    the same parameters by an older format version is regenerated.
+    where it stopped) which is renamed to ``out_dir`` when complete (an existing empty
+    ``out_dir`` is filled in place). An existing ``out_dir`` with other content is an error
+    unless ``overwrite`` and it is an earlier set (it carries the ``data synth`` output marker,
+    :mod:`retrievalkit.outputs`); the current folder and its parents are never replaced. A set
+    made with the same parameters by an older format version is regenerated.
     """
     params = resolve_params(preset, num_scenes=num_scenes, views_per_scene=views_per_scene,
                             image_size=image_size, seed=seed, **options)
@@ -688,29 +690,7 @@ def generate_synthetic(
     staging = out_dir.parent / f".{out_dir.name}.partial-{_params_digest(params)}"
     (staging / "images").mkdir(parents=True, exist_ok=True)
 
-    total = params.num_scenes * params.views_per_scene
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="rendering synthetic views", unit="img")
-    scenes = []
-    try:
-        for s in range(params.num_scenes):
-            scene = build_scene(params, s)
-            scenes.append(scene)
-            folder = staging / "images" / scene.name
-            folder.mkdir(parents=True, exist_ok=True)
-            for v in range(params.views_per_scene):
-                target = folder / view_name(v)
-                if not target.exists():  # written atomically: an existing file is complete
-                    write_bytes_atomic(target, encode_jpeg(render_view(scene, v, params),
-                                                           params.jpeg_quality))
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    scenes = _render_views(staging, params, progress)
     write_text_atomic(staging / "README.md", _README.format(
         version=SYNTH_VERSION, params=json.dumps(params.to_json()), num_scenes=params.num_scenes,
         views=params.views_per_scene, w=params.image_size[0], h=params.image_size[1]))
@@ -719,6 +699,26 @@ def generate_synthetic(
     write_output_marker(staging, OUTPUT_COMMAND)
     _publish(staging, out_dir, replace)
     return given
+
+
+def _render_views(staging: Path, params: SynthParams, progress: bool) -> list[Scene]:
+    """Render every view not yet in ``staging/images`` (each written atomically); the scenes."""
+    from tqdm import tqdm
+
+    scenes = []
+    with tqdm(total=params.num_scenes * params.views_per_scene, desc="rendering synthetic views",
+              unit="img", disable=not progress) as bar:
+        for s in range(params.num_scenes):
+            scene = build_scene(params, s)
+            scenes.append(scene)
+            folder = staging / "images" / scene.name
+            folder.mkdir(parents=True, exist_ok=True)
+            for v in range(params.views_per_scene):
+                target = folder / view_name(v)
+                if not target.exists():  # written atomically: an existing file is complete
+                    write_bytes_atomic(target, encode_jpeg(render_view(scene, v, params), params.jpeg_quality))
+                bar.update(1)
+    return scenes
 
 
 def _publish(staging: Path, out_dir: Path, replace: bool) -> None:
