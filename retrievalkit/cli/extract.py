@@ -50,8 +50,8 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
     except KeyboardInterrupt:
         if not resume:
             raise
-        raise Interrupted(kept=f"the descriptors finished so far in {checkpoint}",
-                          resume=rerun_command()) from None
+        kept = f"the descriptors finished so far in {checkpoint}" if checkpoint.exists() else None
+        raise Interrupted(kept=kept, resume=rerun_command()) from None
     if not result.paths:
         first = "; ".join(f"{p}: {r}" for p, r in result.failed[:3])
         raise RkitError(f"none of the {len(paths)} images could be read ({first}): check SOURCE")
