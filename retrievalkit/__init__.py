@@ -2,7 +2,11 @@
 
 Public API::
 
-    from retrievalkit import hookimpl, Component, get_host
+    from retrievalkit import hookimpl, Component, get_host      # writing plugins
+
+The data path (images -> descriptors -> whitening -> index -> rankings -> metrics) is one module
+per step (``retrievalkit.extract``, ``.descriptors``, ``.whitening``, ``.index``, ``.search``,
+``.evaluate``); docs/api.md lists the calls, with an end-to-end example.
 """
 
 from __future__ import annotations

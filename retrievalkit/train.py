@@ -1,6 +1,6 @@
 """Fine-tuning a retrieval model on tuples mined from an SfM training database.
 
-Radenović, Tolias, Chum, ECCV 2016 (sec. 3 and 4; SPEC sections 3 and 4): a siamese network
+Radenović, Tolias, Chum, ECCV 2016 (sec. 3 and 4; docs/definitions.md §3 and §4): a siamese network
 (one set of weights for every branch) is trained on tuples ``(q, p, n_1 .. n_N)``. Every
 epoch the trainer
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,9 +55,6 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
 MODEL_DIR = "model"
-#: Environment variable naming a folder where the SfM database of the synthetic set is cached
-#: (default: the run directory).
-CACHE_ENV_VAR = "RKIT_CACHE"
 #: Options that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("epochs", "device", "num_workers", "progress", "threads")
 
@@ -189,8 +185,9 @@ def load_training_data(config: TrainConfig, log: Callable[[str], None] = print) 
     from .trainingdb import load_database
 
     if config.data is None:
-        cache = Path(os.environ[CACHE_ENV_VAR]) if os.environ.get(CACHE_ENV_VAR) else Path(config.run_dir)
-        return synthetic_database(cache, config.progress, log)
+        from .cache import cache_dir
+
+        return synthetic_database(cache_dir(), config.progress, log)
     path = Path(config.data)
     if path.suffix == ".pkl":
         from .dbpkl import import_dbpkl

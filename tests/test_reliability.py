@@ -70,8 +70,8 @@ def _snapshot(root: Path) -> dict[str, bytes]:
 # -- every command refuses an output path that is one of its inputs or inside an input folder --
 GUARDED = {
     "extract into its image folder": ("extract {t}/photos --out {t}/photos/a/0000.jpg", "inside the input folder"),
-    "whiten fit over its descriptors": ("whiten fit {t}/desc.npz --method pca --out {t}/desc.npz", "also an input"),
-    "whiten apply over the whitening": ("whiten apply {t}/desc.npz --whiten {t}/w.npz --out {t}/w.npz", "also an input"),
+    "whiten fit over its descriptors": ("whiten fit {t}/desc.npz --whiten pca --out {t}/desc.npz", "also an input"),
+    "whiten apply over the whitening": ("whiten apply {t}/desc.npz --whitening {t}/w.npz --out {t}/w.npz", "also an input"),
     "search --out over the database": ("search {t}/desc.npz {t}/desc.npz --out {t}/desc.npz", "also an input"),
     "search --save-index over a query": ("search {t}/desc.npz {t}/w.npz --save-index {t}/w.npz", "also an input"),
     "eval --save-rankings over its source": ("eval {t}/desc.npz --save-rankings {t}/desc.npz", "also an input"),
@@ -155,7 +155,7 @@ def test_full_disk_names_the_file_and_keeps_the_old_output(tmp_path, monkeypatch
 
 def test_full_disk_in_a_command_is_an_error_line(files, monkeypatch, capsys):
     _fill_disk_after(monkeypatch, 10)
-    err = expect_error(capsys, "whiten", "fit", files / "desc.npz", "--method", "pca", "--out", files / "new.npz",
+    err = expect_error(capsys, "whiten", "fit", files / "desc.npz", "--whiten", "pca", "--out", files / "new.npz",
                        match="no space left on the disk while writing")
     assert "no new.npz was written" in err and not (files / "new.npz").exists()
 
@@ -176,7 +176,7 @@ def test_text_outputs_report_a_full_disk_too(tmp_path, monkeypatch):
 
 
 # -- damaged inputs and system errors: one line, exit 2 -------------------------------------------------
-@pytest.mark.parametrize("command", ["eval {f}", "search {f} {f}", "whiten fit {f} --method pca --out {t}/w2.npz"])
+@pytest.mark.parametrize("command", ["eval {f}", "search {f} {f}", "whiten fit {f} --whiten pca --out {t}/w2.npz"])
 def test_truncated_npz_is_an_error_line(command, files, capsys):
     data = (files / "desc.npz").read_bytes()
     cut = files / "cut.npz"
@@ -187,7 +187,7 @@ def test_truncated_npz_is_an_error_line(command, files, capsys):
 def test_os_error_is_an_error_line(files, capsys):
     blocker = files / "file"
     blocker.write_text("x")
-    expect_error(capsys, "whiten", "fit", files / "desc.npz", "--method", "pca", "--out", blocker / "w.npz",
+    expect_error(capsys, "whiten", "fit", files / "desc.npz", "--whiten", "pca", "--out", blocker / "w.npz",
                  match=str(blocker))
 
 

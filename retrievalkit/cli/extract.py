@@ -33,9 +33,9 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
 
     \b
     rkit extract photos/ --pooling gem --image-size 448 --out photos.npz
-    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whiten lw.npz
+    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whitening lw.npz
     """
-    check_output_path(out, [source, model_options.model_dir, model_options.whiten_file])
+    check_output_path(out, [source, model_options.model_dir, model_options.whitening_file])
     root, paths = list_images(source)
     model, whitening = model_options.build()
     checkpoint = partial_path(out)

@@ -19,7 +19,7 @@ _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSou
 @click.command("train")
 @click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
               help="Training database: an `rkit sfm` output folder or a retrieval-SfM db.pkl. "
-                   "Omitted: the embedded synthetic set (built once, cached in $RKIT_CACHE or the run dir).")
+                   "Omitted: the embedded synthetic set (built once, cached in $RKIT_CACHE, default ~/.cache/retrievalkit).")
 @click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the images of a db.pkl.")
 @click.option("--val", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -30,7 +30,10 @@ _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSou
 @click.option("--backbone", default=_DEFAULTS.backbone, show_default=True, help="Backbone component.")
 @click.option("--weights", default=_DEFAULTS.weights, show_default=True,
               help="Initial backbone weights: imagenet, none, or a local state dict.")
-@click.option("--pooling", default=_DEFAULTS.pooling, show_default=True, help="Pooling: mac, spoc, gem ...")
+@click.option("--pooling", default=_DEFAULTS.pooling, show_default=True,
+              help="Pooling: mac, spoc, gem ... Default mac, the pooling the paper fine-tunes (the contrastive "
+                   "margin 0.7 is tuned for it); `rkit extract` defaults to gem, the best without fine-tuning "
+                   "(docs/definitions.md §1). The saved model keeps its pooling.")
 @click.option("--miner", default=_DEFAULTS.miner, show_default=True,
               help="Positive miner: m1, m2, m3 (m3:t_i=0.2:t_s=1.5), random-positive.")
 @click.option("--negatives", default=_DEFAULTS.negatives, show_default=True,
