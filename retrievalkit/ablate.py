@@ -901,6 +901,22 @@ def write_outputs(result: AblationResult) -> dict[str, Path]:
     return files
 
 
+def _check_numbers(cell: CellResult, path: Path) -> None:
+    """Every number of a cell read back is a number (or missing), else a clear error."""
+    def is_number(value: Any) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    fields = {"map": [cell.map], "out_dim": [cell.out_dim], "mp_at_k": list(dict(cell.mp_at_k).values()),
+              "per_class_ap": list(dict(cell.per_class_ap).values()), "per_query_ap": list(cell.per_query_ap),
+              "seconds": list(dict(cell.seconds).values())}
+    for name, values in fields.items():
+        bad = next((v for v in values if not is_number(v)), None)
+        if bad is not None:
+            raise RkitError(f"{path}: cell {cell.cell_id} has {name} {json.dumps(bad)[:40]}, not a number: the "
+                            f"results file is damaged or was edited; re-run `rkit ablate` with the same --out "
+                            f"to write it again (finished cells are reused)")
+
+
 def load_ablation(out_dir: str | Path) -> AblationResult:
     """Read an ablation output folder (its ``results.json``) back."""
     out = Path(out_dir)
@@ -913,6 +929,7 @@ def load_ablation(out_dir: str | Path) -> AblationResult:
         for data in doc["cells"]:
             cell = CellResult.from_json(data)
             cell.reused, cell.earlier = bool(data.get("reused", False)), bool(data.get("earlier", False))
+            _check_numbers(cell, path)
             cells.append(cell)
         return AblationResult(out, list(doc["axes"]), [c for c in cells if not c.earlier], dict(doc["stats"]),
                               dict(doc["base"]), dict(doc["grid"]), dict(doc.get("query_paths", {})),

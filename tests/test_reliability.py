@@ -340,3 +340,15 @@ def test_full_disk_while_torch_saves_a_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="unrelated"):  # other errors pass through unchanged
         with atomic_path(target):
             raise RuntimeError("unrelated")
+
+
+def test_report_on_an_ablation_with_a_non_numeric_field(tmp_path, capsys):
+    from retrievalkit.ablate import AblationResult, CellResult, write_outputs
+
+    cells = [CellResult("c1", {"dim": "8"}, {"dim": "8"}, "ok", map=0.5),
+             CellResult("c2", {"dim": "4"}, {"dim": "4"}, "ok", map=0.7)]
+    write_outputs(AblationResult(tmp_path, ["dim"], cells, {}, {}, {"dim": ["8", "4"]}))
+    doc = json.loads((tmp_path / "results.json").read_text())
+    doc["cells"][1]["per_query_ap"] = [0.5, "x"]
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    expect_error(capsys, "report", tmp_path, match="cell c2 has per_query_ap \"x\", not a number")
