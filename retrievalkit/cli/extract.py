@@ -48,8 +48,8 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
         result = extract_descriptors(model, paths, root=root, checkpoint=checkpoint if resume else None,
                                      **model_options.extraction_kwargs(progress=progress))
     except KeyboardInterrupt:
-        if not resume:
-            raise
+        if not resume:  # nothing was checkpointed: say only that it stopped
+            raise Interrupted() from None
         kept = f"the descriptors finished so far in {checkpoint}" if checkpoint.exists() else None
         raise Interrupted(kept=kept, resume=rerun_command()) from None
     if not result.paths:
