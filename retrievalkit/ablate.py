@@ -57,7 +57,7 @@ from .atomic import write_text_atomic
 from .components import ComponentSpec
 from .descriptors import DescriptorSet
 from .errors import RkitError
-from .model import ModelConfig
+from .settings import ModelConfig
 
 ABLATION_FORMAT_VERSION = 1
 

@@ -72,10 +72,9 @@ def check_finite(descriptors: np.ndarray, source: str, *, paths: Sequence[str] |
     if array.dtype.kind not in "fiub":
         raise NonFiniteDescriptorsError(
             f"{source}: the descriptors are not numbers (dtype {array.dtype}): {hint}")
-    finite = np.isfinite(array)
-    if finite.all():
+    rows = _non_finite_rows(array)
+    if not rows.size:
         return descriptors
-    rows = np.flatnonzero(~finite.reshape(array.shape[0], -1).all(axis=1)) if array.ndim > 1 else np.array([0])
     total = array.shape[0] if array.ndim > 1 else 1
     if paths is not None and len(paths) != total:
         paths = None
@@ -84,6 +83,16 @@ def check_finite(descriptors: np.ndarray, source: str, *, paths: Sequence[str] |
     raise NonFiniteDescriptorsError(
         f"{source}: {len(rows)} of {total} descriptors hold NaN or infinite values (row {shown}{more}); "
         f"they cannot be ranked: {hint}")
+
+
+def _non_finite_rows(array: np.ndarray, block: int = 1 << 16) -> np.ndarray:
+    """Row numbers holding a NaN or infinity, checked in blocks of rows (bounded memory, memmaps too)."""
+    if array.ndim < 2:
+        return np.array([0]) if not np.isfinite(array).all() else np.array([], dtype=np.int64)
+    flat = array.reshape(array.shape[0], -1) if array.size else array[:, :0]
+    bad = [start + np.flatnonzero(~np.isfinite(flat[start:start + block]).all(axis=1))
+           for start in range(0, flat.shape[0], block)]
+    return np.concatenate(bad) if bad else np.array([], dtype=np.int64)
 
 
 @dataclasses.dataclass

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .datasets import folder_labels  # noqa: F401 (re-exported: labels are read in datasets.py)
+from .descriptors import check_finite
 from .errors import RkitError
 from .index import rank_all_scored
 from .metrics import (DEFAULT_KS, _membership, average_precision, precision_at_k,  # noqa: F401 (re-exported)
@@ -378,11 +379,12 @@ def evaluate_descriptors(descriptors: DescriptorSet, labels: Sequence[Hashable] 
         source: what to call the collection in the report (default: its meta's ``source``).
     """
     labels = list(folder_labels(descriptors.paths) if labels is None else labels)
+    source = source if source is not None else str(descriptors.meta.get("source", ""))
+    check_finite(descriptors.descriptors, source or "the descriptors", paths=descriptors.paths)
     started = time.perf_counter()
     result = evaluate_folder_collection(descriptors.descriptors, labels, ks=ks, names=descriptors.paths, top=top)
     seconds = time.perf_counter() - started
     sizes = Counter(str(label) for label in labels)
-    source = source if source is not None else str(descriptors.meta.get("source", ""))
     info = {"source": source, "images": len(descriptors), "classes": len(sizes), "dim": descriptors.dim,
             "class_sizes": {c: sizes[c] for c in sorted(sizes)}}
     return Evaluation("folder", {"all": result}, info, list(descriptors.paths), list(descriptors.paths),
@@ -407,6 +409,8 @@ def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries
     Raises:
         RkitError: no descriptor matches an image (or a query) of the dataset.
     """
+    check_finite(database.descriptors, f"the {dataset.name} database descriptors", paths=database.paths)
+    check_finite(queries.descriptors, f"the {dataset.name} query descriptors", paths=queries.paths)
     database_ids, database_rows = dataset.match(database.paths)
     if not len(database_ids):
         raise RkitError(f"none of the {len(database)} database descriptors is an image of {dataset.name}: "

@@ -1,4 +1,4 @@
-"""The five hook specifications: one per kind of component.
+"""The hook specifications: one per kind of component (:data:`retrievalkit.components.PLURAL`).
 
 A plugin is a module (or object) with functions marked ``@retrievalkit.hookimpl`` whose names are
 the hooks below. Each hook returns a list of :class:`retrievalkit.Component`; the core calls every
@@ -90,3 +90,7 @@ def rkit_losses() -> list[Component]:
 
 #: Hook name for each component kind: ``rkit_`` + the plural (``backbone`` -> ``rkit_backbones``).
 HOOK_FOR_KIND: dict[str, str] = {kind: f"rkit_{PLURAL[kind]}" for kind in KINDS}
+
+_missing = [hook for hook in HOOK_FOR_KIND.values() if not callable(globals().get(hook))]
+if _missing:  # a kind added to components.PLURAL without its specification here
+    raise ImportError(f"retrievalkit.hookspecs lacks the hook specification(s) {', '.join(_missing)}")

@@ -13,7 +13,6 @@ A model is saved as a directory (``rkit train`` output, ``--model DIR``)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -26,20 +25,9 @@ from .components import ComponentSpec
 from .descriptors import l2_normalize
 from .errors import RkitError
 from .plugins import PluginHost, get_host
+from .settings import ModelConfig  # re-exported: defined with the other light settings
 
 MODEL_FORMAT_VERSION = 1
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """What a model is made of, as the user wrote it (``NAME[:KEY=VALUE...]``)."""
-
-    backbone: str = "efficientnet-lite0"
-    pooling: str = "gem"
-    weights: str = "imagenet"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class RetrievalModel(nn.Module):

@@ -55,6 +55,10 @@ def test_check_finite_names_the_source_the_count_and_the_rows():
     assert "db.npz" in message and "2 of 8 descriptors" in message
     assert "2 (2.jpg), 5 (5.jpg)" in message
     assert check_finite(unit_rows(3), "fine") is not None
+    from retrievalkit.descriptors import _non_finite_rows
+
+    assert _non_finite_rows(x, block=3).tolist() == [2, 5]          # checked in blocks of rows
+    assert _non_finite_rows(np.zeros((0, 4))).tolist() == []
 
 
 def test_one_nan_descriptor_is_refused_by_eval_not_scored(tmp_path, capsys):
@@ -87,6 +91,8 @@ def test_index_entry_refuses_non_finite_arrays_made_in_memory():
         search(build_index(unit_rows(6)), x[1:2], 3)
     with pytest.raises(NonFiniteDescriptorsError):            # e.g. `rkit ablate`'s in-memory sets
         evaluate_folder_collection(x, list("AAABBB"))
+    with pytest.raises(NonFiniteDescriptorsError, match=r"extracted: 1 of 6 .*row 1 \(A/1.jpg\)"):
+        evaluate_descriptors(DescriptorSet(x, [f"{c}/{i}.jpg" for i, c in enumerate("AAABBB")]), source="extracted")
 
 
 def test_self_exclusion_is_by_row_number_even_with_duplicates():

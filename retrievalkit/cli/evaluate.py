@@ -18,9 +18,15 @@ from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..evaluate import DEFAULT_KS, Evaluation, evaluate_dataset, evaluate_descriptors
-from ..extract import partial_path
 from ..outputs import check_output_path
 from .options import ModelOptions, echo_warnings, extract_with_options, model_options
+
+
+def partial_path(path: Path) -> Path:
+    """:func:`retrievalkit.extract.partial_path`, imported on use (that module imports torch)."""
+    from ..extract import partial_path as extract_partial_path
+
+    return extract_partial_path(path)
 
 
 def parse_ks(text: str) -> list[int]:

@@ -9,7 +9,6 @@ import click
 from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import Interrupted, RkitError
-from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent
 from ..interrupt import rerun_command
 from ..outputs import check_output_path
 from .options import ModelOptions, model_options
@@ -36,6 +35,8 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
     rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whitening lw.npz
     """
     check_output_path(out, [source, model_options.model_dir, model_options.whitening_file])
+    from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent  # torch: on use
+
     root, paths = list_images(source)
     model, whitening = model_options.build()
     checkpoint = partial_path(out)

@@ -32,9 +32,8 @@ import click
 from click.core import ParameterSource
 
 from ..errors import RkitError
-from ..extract import parse_scales
 from .common import _META_RENAMED, echo_warnings, renamed_option  # noqa: F401 (echo_warnings re-exported)
-from ..model import ModelConfig
+from ..settings import ModelConfig
 
 if TYPE_CHECKING:
     from ..model import RetrievalModel
@@ -149,13 +148,41 @@ class ModelOptions:
         return cls(**values)
 
 
+def component_callback(kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback checking a ``NAME[:OPTION=VALUE...]`` value of a component ``kind``.
+
+    The name and the options are checked against the plugin listing (no plugin, no torch is
+    imported while the listing cache is valid), so a typo is a usage error before any work
+    starts. Values left at their default are not checked (``--model`` makes them irrelevant),
+    but the plugin host starts here either way, while the arguments are parsed, so that the
+    timings a command reports measure its work and not the host's start-up.
+    """
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or ctx.resilient_parsing or param.name is None:
+            return value
+        from ..errors import ComponentOptionError, UnknownComponentError
+        from ..plugins import get_host
+
+        host = get_host()
+        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None):
+            return value
+        try:
+            host.check(kind, value)
+        except (UnknownComponentError, ComponentOptionError) as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        return value
+
+    return callback
+
+
 _OPTIONS: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (
-    click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
+    click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, callback=component_callback("backbone"),
                  help="Backbone component and options (`rkit plugins` lists them): alexnet, vgg16, resnet50, "
                       "resnet101, efficientnet-lite0 ..."),
     click.option("--weights", default=DEFAULT_WEIGHTS, show_default=True,
                  help="Backbone weights: imagenet, none, or a local state-dict file (.pth)."),
-    click.option("--pooling", default=DEFAULT_POOLING, show_default=True,
+    click.option("--pooling", default=DEFAULT_POOLING, show_default=True, callback=component_callback("pooling"),
                  help="Pooling component and options: mac, spoc, spoc:center_prior=false, gem, gem:p=4 ... "
                       "Default gem: the best off-the-shelf pooling (docs/definitions.md); `rkit train` "
                       "defaults to mac, the pooling the paper fine-tunes, and a trained --model keeps its own."),
@@ -193,6 +220,8 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
             _TYPED_NAMES.get(name, name) for name in _PARAMS
             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE or name in renamed
         )
+        from ..extract import parse_scales  # imports torch: only once the command runs
+
         values["scales"] = list(parse_scales(values["scales"], what="--scales"))
         kwargs["model_options"] = ModelOptions(**values, typed=typed, command_line=command_line)
         return func(*args, **kwargs)

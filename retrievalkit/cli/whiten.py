@@ -18,6 +18,7 @@ from ..errors import RkitError
 from ..outputs import check_output_path
 from ..whitening import DEFAULT_MAX_PAIRS, FittedWhitening, WhiteningData, fit_whitening, read_pairs_file
 from .common import echo_warnings, renamed_option
+from .options import component_callback
 
 
 @click.group("whiten")
@@ -33,6 +34,7 @@ def group() -> None:
 @group.command("fit")
 @click.argument("descriptors", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--whiten", "method", default="learned", show_default=True, metavar="METHOD",
+              callback=component_callback("whitening"),
               help="The whitening method to fit (a component, with options): none, pca, pca:whiten=false, "
                    "learned, learned:rotation=all, learned:ridge=0.1 ... (as `rkit train/ablate --whiten`).")
 @click.option("--dim", type=int, default=None,
