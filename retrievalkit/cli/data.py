@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from ..config import write_resolved_config
-from ..errors import RkitError
+from ..errors import Interrupted, RkitError
+from ..interrupt import rerun_command
 
 
 @click.group("data")
@@ -38,7 +39,9 @@ def _parse_size(value: str | None) -> tuple[int, int] | None:
 @click.option("--scenes", "num_scenes", type=int, default=None, help="Number of scenes (overrides the preset).")
 @click.option("--views", "views_per_scene", type=int, default=None, help="Views per scene (overrides the preset).")
 @click.option("--size", "size", default=None, metavar="WxH", help="Image size, e.g. 640x480 (overrides the preset).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it holds something else.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUT if it is an earlier `rkit data synth` set with other options (never a "
+                   "folder rkit did not make, nor the current folder).")
 def synth(out_dir: Path, preset: str, seed: int, num_scenes: int | None, views_per_scene: int | None,
           size: str | None, overwrite: bool) -> None:
     """Generate the synthetic multi-view dataset with its true cameras.
@@ -58,8 +61,12 @@ def synth(out_dir: Path, preset: str, seed: int, num_scenes: int | None, views_p
         click.echo(f"{out_dir}: already complete ({summary}); nothing to do.")
         return
     start = time.perf_counter()
-    path = generate_synthetic(out_dir, preset=preset, seed=seed, num_scenes=num_scenes,
-                              views_per_scene=views_per_scene, image_size=params.image_size,
-                              overwrite=overwrite, progress=True)
+    try:
+        path = generate_synthetic(out_dir, preset=preset, seed=seed, num_scenes=num_scenes,
+                                  views_per_scene=views_per_scene, image_size=params.image_size,
+                                  overwrite=overwrite, progress=True)
+    except KeyboardInterrupt:
+        raise Interrupted(kept=f"the views rendered so far (in a hidden .{out_dir.resolve().name}.partial-* "
+                               f"folder beside {out_dir})", resume=rerun_command()) from None
     write_resolved_config(out_dir)
     click.echo(f"{path}: {summary} ({time.perf_counter() - start:.1f} s)")

@@ -18,6 +18,7 @@ from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..evaluate import DEFAULT_KS, Evaluation, evaluate_dataset, evaluate_descriptors
+from ..outputs import check_output_path
 from .options import ModelOptions, echo_warnings, extract_with_options, model_options
 
 
@@ -113,6 +114,11 @@ def command(source: Path | None, dataset: str | None, data_root: Path, query_des
       rkit eval rox.npz --dataset roxford5k --data-root data --query-descriptors rox.queries.npz
     """
     ks = parse_ks(ks_text)
+    inputs = [source, query_descriptors, data_root / dataset if dataset else None,
+              model_options.model_dir, model_options.whitening_file]
+    for option, path in (("--save-rankings", save_rankings), ("--save-descriptors", save_descriptors)):
+        if path is not None:
+            check_output_path(path, inputs, option=option)
     started = time.perf_counter()
     if dataset is None:
         if source is None:

@@ -83,6 +83,9 @@ def command(ctx: click.Context, resume: bool, **options: object) -> None:
     rkit train --data runs/sfm --val photos/ --miner m3 --negatives n2 --epochs 10
     rkit train --run-dir runs/train --resume        (after an interruption)
     """
+    from ..outputs import check_output_path
+
+    check_output_path(options["run_dir"], [options[k] for k in ("data", "images_root", "val")], option="--run-dir")
     from ..train import read_saved_config, train  # torch: only once the command runs
 
     values = {key: (str(value) if isinstance(value, Path) else value) for key, value in options.items()}
