@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrievalkit.download import DownloadError, cache_dir, download, sha256_prefix_from_name
+from retrievalkit.download import DownloadError, Transfer, cache_dir, download, sha256_prefix_from_name
 from retrievalkit.weights import load_backbone_weights
 
 
@@ -33,6 +33,12 @@ def server(tmp_path):
     yield www, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def allow_http_to_loopback(monkeypatch):
+    """The test server speaks plain http: opt in, as a user would with --allow-http."""
+    monkeypatch.setenv("RKIT_ALLOW_HTTP", "1")
 
 
 def _state_dict_bytes() -> tuple[dict[str, torch.Tensor], bytes]:
@@ -103,4 +109,4 @@ def test_unreachable_host_is_a_clear_error(tmp_path) -> None:
     # port 9 on 127.0.0.1 (discard) has no HTTP server: the connection is refused
     with pytest.raises(DownloadError, match="cannot download .* unreachable. Try PATH"):
         download("http://127.0.0.1:9/x-12345678.pth", directory=tmp_path, progress=False, hint="Try PATH.",
-                 timeout=5)
+                 timeout=5, transfer=Transfer(retries=0))

@@ -74,7 +74,9 @@ def _whitened(dset: DescriptorSet, options: ModelOptions, what: str) -> Descript
               help="A revisited-layout benchmark: roxford5k, rparis6k (or classic oxford5k, paris6k), read "
                    "from DATA_ROOT/NAME/gnd_NAME.pkl and DATA_ROOT/NAME/jpg/.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
-              show_default=True, help="Folder holding the --dataset folders.")
+              envvar="RKIT_DATA", show_default=True,
+              help="Folder holding the --dataset folders (default: $RKIT_DATA, else ./data); "
+                   "`rkit data download` fills it.")
 @click.option("--query-descriptors", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="With --dataset and a SOURCE descriptors file: descriptors of the cropped queries "
                    "(as written by --save-descriptors), instead of extracting them.")
@@ -88,10 +90,15 @@ def _whitened(dset: DescriptorSet, options: ModelOptions, what: str) -> Descript
 @click.option("--save-descriptors", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Keep the extracted descriptors in this .npz (with --dataset the queries go to "
                    "NAME.queries.npz beside it); extraction resumes from a partial file after an interruption.")
+@click.option("--distractors", default=None, metavar="NAME",
+              help="With --dataset: add a distractor set to the database, e.g. revisitop1m (R1M protocol; "
+                   "described once per model and cached under DATA_ROOT/NAME/descriptors).")
+@click.option("--distractor-index", default="flat", show_default=True, metavar="KIND[:nlist=N:pq_m=M:nprobe=P]",
+              help="faiss index for --distractors, as in rkit search: flat, ivf, ivfpq (e.g. ivfpq:nlist=8192:pq_m=64).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def command(source: Path | None, dataset: str | None, data_root: Path, query_descriptors: Path | None,
             model_options: ModelOptions, ks_text: str, as_json: bool, save_rankings: Path | None,
-            save_descriptors: Path | None, progress: bool) -> None:
+            save_descriptors: Path | None, distractors: str | None, distractor_index: str, progress: bool) -> None:
     """Evaluate retrieval: mAP and mP@k (revisited-protocol AP, SPEC section 5).
 
     \b
@@ -114,7 +121,7 @@ def command(source: Path | None, dataset: str | None, data_root: Path, query_des
         report = _folder(source, model_options, ks, save_descriptors, save_rankings, progress, as_json)
     else:
         report = _revisited(source, dataset, data_root, query_descriptors, model_options, ks,
-                            save_descriptors, save_rankings, progress, as_json)
+                            save_descriptors, save_rankings, progress, as_json, (distractors, distractor_index))
     report["seconds"] = round(time.perf_counter() - started, 3)
     click.echo(f"ranked and scored in {report['evaluation_seconds']:.2f} s (total {report['seconds']:.1f} s)", err=True)
     if as_json:
@@ -177,7 +184,8 @@ def _print_folder(report: dict[str, Any], result: EvaluationResult) -> None:
 # -- revisited Oxford / Paris -----------------------------------------------------------------------
 def _revisited(source: Path | None, name: str, data_root: Path, query_descriptors: Path | None,
                options: ModelOptions, ks: list[int], save_descriptors: Path | None,
-               save_rankings: Path | None, progress: bool, as_json: bool) -> dict[str, Any]:
+               save_rankings: Path | None, progress: bool, as_json: bool,
+               distractors: tuple[str | None, str] = (None, "flat")) -> dict[str, Any]:
     from ..datasets import load_revisited
 
     have_database = source is not None
@@ -236,8 +244,15 @@ def _revisited(source: Path | None, name: str, data_root: Path, query_descriptor
                    f"retrieved, missing queries are left out", err=True)
 
     started = time.perf_counter()
-    results = evaluate_revisited(dataset, queries.descriptors[query_rows], database.descriptors[database_rows],
-                                 query_ids=query_ids, database_ids=database_ids, ks=ks)
+    if distractors[0] is None:
+        results = evaluate_revisited(dataset, queries.descriptors[query_rows], database.descriptors[database_rows],
+                                     query_ids=query_ids, database_ids=database_ids, ks=ks)
+    else:   # R1M protocol: retrievalkit/distractors.py
+        from .distractors import evaluate_with_distractor_set
+
+        results = evaluate_with_distractor_set(dataset, queries.descriptors[query_rows],
+                                               database.descriptors[database_rows], query_ids, database_ids,
+                                               ks, distractors, data_root, options, database.meta, progress)
     seconds = time.perf_counter() - started
     report = {
         "protocol": "revisited" if dataset.is_revisited else "classic", "dataset": name,
