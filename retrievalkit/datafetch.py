@@ -160,7 +160,7 @@ def _obtain(item: PlannedFile, manifest: Manifest, transfer: Transfer, from_dir:
     hint = (f"Or download {item.remote.url} by other means and re-run with --from-dir DIR "
             f"(the folder holding {item.remote.name}).")
     fetched = fetch(item.url, item.download_to, transfer=transfer, progress=progress, on_bytes=on_bytes,
-                    position=position, hint=hint)   # verified against the manifest by the caller
+                    position=position, hint=hint, record=False)   # verified against the manifest by the caller
     if not fetched.length_checked and not expected:
         tqdm.write(f"Warning: {item.url} came with no Content-Length and no checksum is known: its size and "
                    f"sha256 are recorded now, but completeness could not be checked this time.")

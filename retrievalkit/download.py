@@ -57,6 +57,10 @@ class DownloadError(RkitError):
 class _Transient(Exception):
     """A failure worth retrying (connection refused or dropped, 5xx, a body cut short)."""
 
+    def __init__(self, message: str, body: bool = False) -> None:
+        super().__init__(message)
+        self.body = body   # True: the server answered, but the body broke off
+
 
 def cache_dir() -> Path:
     """The download cache: ``$RKIT_CACHE`` if set, else ``~/.cache/retrievalkit``."""
@@ -178,7 +182,11 @@ def _fetch_once(url: str, part: Path, transfer: Transfer, bar: tqdm, on_bytes: C
                 try:
                     block = response.read(_CHUNK)
                 except (OSError, http.client.HTTPException) as exc:
-                    raise _Transient(f"the connection broke off ({type(exc).__name__}: {exc})") from None
+                    partial = getattr(exc, "partial", b"")   # IncompleteRead: keep what did arrive
+                    if isinstance(partial, bytes) and partial:
+                        out.write(partial)
+                    raise _Transient(f"the server closed the connection early ({type(exc).__name__}), "
+                                     f"body incomplete", body=True) from None
                 if not block:
                     break
                 out.write(block)
@@ -187,7 +195,7 @@ def _fetch_once(url: str, part: Path, transfer: Transfer, bar: tqdm, on_bytes: C
                     on_bytes(len(block))
     size = part.stat().st_size
     if total is not None and size != total:
-        raise _Transient(f"the server sent {size} of {total} bytes")
+        raise _Transient(f"the server sent {size} of {total} bytes", body=True)
     return total
 
 
@@ -220,8 +228,11 @@ def _verify(part: Path, url: str, expected: str | None) -> str:
 
 def fetch(url: str, target: str | Path, *, sha256: str | None = None, transfer: Transfer | None = None,
           progress: bool = True, on_bytes: Callable[[int], None] | None = None, position: int | None = None,
-          hint: str = "") -> Fetched:
+          hint: str = "", record: bool = True) -> Fetched:
     """Download ``url`` to ``target`` (resuming ``target.part``), verify it, rename it into place.
+
+    ``record=False``: write no ``.<name>.complete`` record (the caller keeps its own, e.g. the
+    dataset manifest).
 
     Raises:
         DownloadError: HTTP error status, a server that stays unreachable or keeps breaking off
@@ -243,17 +254,17 @@ def fetch(url: str, target: str | Path, *, sha256: str | None = None, transfer: 
     actual = _verify(part, real_url, sha256.lower() if sha256 else None)
     size = part.stat().st_size
     os.replace(part, target)
-    record = _record_path(target)
-    if total is not None and not sha256:   # a digest verifies itself; a length needs the record
-        record.write_text(json.dumps({"url": url, "size": size, "sha256": actual}) + "\n", encoding="utf-8")
-    elif record.exists():
-        record.unlink()
+    marker = _record_path(target)
+    if record and total is not None and not sha256:   # a digest verifies itself; a length needs the record
+        marker.write_text(json.dumps({"url": url, "size": size, "sha256": actual}) + "\n", encoding="utf-8")
+    elif marker.exists():
+        marker.unlink()
     return Fetched(target, size, actual, total is not None)
 
 
 def _fetch_with_retries(url: str, part: Path, transfer: Transfer, bar: tqdm,
                         on_bytes: Callable[[int], None] | None, advice: str) -> int | None:
-    last = ""
+    last, broke_off = "", False
     for attempt in range(transfer.retries + 1):
         if attempt:
             time.sleep(transfer.backoff * 2 ** (attempt - 1))
@@ -262,11 +273,11 @@ def _fetch_with_retries(url: str, part: Path, transfer: Transfer, bar: tqdm,
         except DownloadError as exc:
             raise DownloadError(f"{exc}.{advice}" if advice else f"{exc}: check the URL") from None
         except _Transient as exc:
-            last = str(exc)
+            last, broke_off = str(exc), broke_off or exc.body
             if "HTTP 416" in last and part.exists():
                 part.unlink()
     kept = part.stat().st_size if part.exists() else 0
-    if kept:
+    if kept or broke_off:
         raise DownloadError(
             f"the download of {url} is incomplete after {transfer.retries + 1} attempts ({last}); "
             f"{kept} bytes are kept in {part}: re-run the same command to resume.{advice}")
