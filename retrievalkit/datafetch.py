@@ -35,7 +35,7 @@ from .archives import safe_extract
 from .atomic import write_text_atomic
 from .datasets_catalog import RemoteFile, lookup
 from .download import DownloadError, Transfer, fetch, file_sha256, probe_size
-from .errors import RkitError
+from .errors import Interrupted, RkitError
 
 DATA_ENV_VAR = "RKIT_DATA"
 MANIFEST = ".rkit-manifest.json"
@@ -183,24 +183,35 @@ def place(item: PlannedFile, manifest: Manifest, transfer: Transfer, *, from_dir
     item.done = True
 
 
+class _Cancelled(Exception):
+    """Raised in a download thread once the user interrupted the command."""
+
+
 def execute(files: Sequence[PlannedFile], root: Path, transfer: Transfer, *, jobs: int = 4,
             from_dir: Path | None = None, keep_archives: bool = False, progress: bool = True,
-            log: Callable[[str], None] = print) -> list[str]:
-    """Place every file not done yet, ``jobs`` at a time; returns the error messages (empty: all done)."""
+            resume: str = "the same rkit data download command") -> list[str]:
+    """Place every file not done yet, ``jobs`` at a time; returns the error messages (empty: all done).
+
+    Ctrl-C / SIGTERM stops every transfer after its current block (the ``.part`` files stay, an
+    extraction under way finishes) and raises :class:`retrievalkit.errors.Interrupted`.
+    """
     manifest = Manifest(root)
     todo = [item for item in files if not item.done]
-    known = [item.size for item in todo]
-    overall = tqdm(total=sum(s for s in known if s) or None, unit="B", unit_scale=True, unit_divisor=1024,
-                   desc=f"{len(todo)} files", disable=not progress, position=0, dynamic_ncols=True)
-    lock = threading.Lock()
+    overall = tqdm(total=sum(item.size or 0 for item in todo) or None, unit="B", unit_scale=True,
+                   unit_divisor=1024, desc=f"{len(todo)} files", disable=not progress, position=0, dynamic_ncols=True)
+    lock, stop = threading.Lock(), threading.Event()
     slots = list(range(max(1, jobs), 0, -1))
     errors: list[str] = []
 
     def advance(count: int) -> None:
+        if stop.is_set():
+            raise _Cancelled()
         with lock:
             overall.update(count)
 
     def run(item: PlannedFile) -> None:
+        if stop.is_set():
+            return
         with lock:
             slot = slots.pop()
         try:
@@ -209,14 +220,24 @@ def execute(files: Sequence[PlannedFile], root: Path, transfer: Transfer, *, job
         except RkitError as exc:
             with lock:
                 errors.append(f"{item.remote.name}: {exc}")
+        except _Cancelled:
+            pass
         finally:
             with lock:
                 slots.append(slot)
 
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            list(pool.map(run, todo))
+        for future in [pool.submit(run, item) for item in todo]:
+            future.result()
+    except KeyboardInterrupt:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        placed = sum(1 for item in files if item.done)
+        raise Interrupted(kept=f"{placed} of {len(files)} files in place under {root}; partial downloads are kept "
+                               f"as *.part files (each resumes where it stopped)", resume=resume) from None
     finally:
+        pool.shutdown(wait=True)
         overall.close()
     return errors
 

@@ -213,3 +213,20 @@ def test_dry_run_prints_real_urls_and_layout_without_downloading(tmp_path):
     assert f"{root / 'roxford5k' / 'gnd_roxford5k.pkl'}" in out and "rkit eval --dataset roxford5k" in out
     assert "server unreachable" in out or "MiB" in out      # offline here; sizes where a server answers
     assert not root.exists()
+
+
+def test_interruption_says_what_was_kept_and_how_to_resume(tmp_path, monkeypatch):
+    import retrievalkit.datafetch as datafetch
+    from retrievalkit.errors import Interrupted
+
+    def place(item, *args, **kwargs):
+        if item.remote.name.endswith(".pkl"):
+            raise KeyboardInterrupt      # Ctrl-C (or SIGTERM, which rkit turns into the same)
+        item.done = True
+
+    monkeypatch.setattr(datafetch, "place", place)
+    result = run("data", "download", "roxford5k", "--root", str(tmp_path), "--no-progress", "--jobs", "1")
+    assert isinstance(result.exception, Interrupted)
+    message = result.exception.message()
+    assert "1 of 2 files in place" in message and "*.part" in message
+    assert f"Resume with: rkit data download roxford5k --root {tmp_path}" in message

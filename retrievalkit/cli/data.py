@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -138,8 +139,11 @@ def download(names: tuple[str, ...], root: Path | None, dry_run: bool, jobs: int
         _print_plan(files, probe([f for f in files if not f.done], transfer), names, data)
         return
     start = time.perf_counter()
+    resume = " ".join(["rkit data download", *names, "--root", shlex.quote(str(data))]
+                      + (["--allow-http"] if allow_http else []) + (["--mirror", shlex.quote(mirror)] if mirror else [])
+                      + (["--from-dir", shlex.quote(str(from_dir))] if from_dir else []))
     errors = execute(files, data, transfer, jobs=jobs, from_dir=from_dir, keep_archives=keep_archives,
-                     progress=progress, log=lambda m: click.echo(m, err=True))
+                     progress=progress, resume=resume)
     if errors:
         shown = "\n  ".join(errors[:10]) + (f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else "")
         raise RkitError(f"{len(errors)} of {len(files)} files could not be placed (the others are in place and "
