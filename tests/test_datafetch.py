@@ -118,6 +118,15 @@ def test_download_lay_out_then_eval_and_train(published, tmp_path, monkeypatch):
     assert trained.exit_code == 0, trained.output + repr(trained.exception)
     assert (tmp_path / "run" / "model" / "model.json").is_file()
 
+    # rkit whiten fit on the whitening pairs laid out beside the *-whiten.pkl
+    listed = root / "retrieval-sfm-30k" / "retrieval-SfM-30k-whiten-images.txt"
+    extracted = run("extract", str(listed), *TINY_MODEL[:-1], "--out", str(tmp_path / "w.npz"))
+    assert extracted.exit_code == 0, extracted.output + repr(extracted.exception)
+    fitted = run("whiten", "fit", str(tmp_path / "w.npz"), "--method", "learned:rotation=all", "--pairs",
+                 str(root / "retrieval-sfm-30k" / "retrieval-SfM-30k-whiten-pairs.tsv"), "--out", str(tmp_path / "lw.npz"))
+    assert fitted.exit_code == 0, fitted.output + repr(fitted.exception)
+    assert "3 matching" in fitted.output
+
 
 def test_unknown_name_and_missing_root(tmp_path, monkeypatch):
     monkeypatch.delenv("RKIT_DATA", raising=False)
