@@ -118,6 +118,8 @@ def command(source: Path | None, dataset: str | None, data_root: Path, query_des
                             "or --dataset NAME --data-root DIR")
         if query_descriptors is not None:
             raise RkitError("--query-descriptors needs --dataset (a folder collection uses every image as a query)")
+        if distractors is not None:
+            raise RkitError("--distractors needs --dataset (e.g. --dataset roxford5k --distractors revisitop1m)")
         report = _folder(source, model_options, ks, save_descriptors, save_rankings, progress, as_json)
     else:
         report = _revisited(source, dataset, data_root, query_descriptors, model_options, ks,
