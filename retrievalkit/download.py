@@ -32,6 +32,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -57,9 +58,10 @@ class DownloadError(RkitError):
 class _Transient(Exception):
     """A failure worth retrying (connection refused or dropped, 5xx, a body cut short)."""
 
-    def __init__(self, message: str, body: bool = False) -> None:
+    def __init__(self, message: str, body: bool = False, final: bool = False) -> None:
         super().__init__(message)
-        self.body = body   # True: the server answered, but the body broke off
+        self.body = body     # True: the server answered, but the body broke off
+        self.final = final   # True: retrying cannot help (the host name does not resolve)
 
 
 def cache_dir() -> Path:
@@ -127,24 +129,17 @@ class Fetched:
     length_checked: bool
 
 
-class _NoDowngrade(urllib.request.HTTPRedirectHandler):
-    def __init__(self, http_ok: bool) -> None:
-        self.http_ok = http_ok
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 (urllib's signature)
-        if not self.http_ok and urllib.parse.urlsplit(newurl).scheme.lower() != "https":
-            raise DownloadError(f"{req.full_url} redirects to {newurl}, which is not https: refused. "
-                                f"Re-run with --allow-http (or RKIT_ALLOW_HTTP=1) to accept it")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+_NO_NAME = ("Name or service not known", "nodename nor servname", "Temporary failure in name resolution",
+            "No address associated", "getaddrinfo failed")
 
 
 def _open(url: str, transfer: Transfer, start: int, method: str = "GET"):
     headers = {"User-Agent": _USER_AGENT, "Accept-Encoding": "identity"}
     if start:
         headers["Range"] = f"bytes={start}-"
-    opener = urllib.request.build_opener(_NoDowngrade(transfer.http_ok))
     try:
-        return opener.open(urllib.request.Request(url, headers=headers, method=method), timeout=transfer.timeout)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers, method=method),
+                                          timeout=transfer.timeout)  # noqa: S310 (scheme checked by Transfer)
     except urllib.error.HTTPError as exc:
         if exc.code >= 500 or exc.code in (408, 429):
             raise _Transient(f"HTTP {exc.code} ({exc.reason})") from None
@@ -152,7 +147,15 @@ def _open(url: str, transfer: Transfer, start: int, method: str = "GET"):
             raise _Transient("the server refused to resume (HTTP 416); starting again") from None
         raise DownloadError(f"downloading {url} failed: the server answered HTTP {exc.code} ({exc.reason})") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise _Transient(str(getattr(exc, "reason", exc))) from None
+        reason = getattr(exc, "reason", exc)
+        no_name = isinstance(reason, socket.gaierror) or any(text in str(reason) for text in _NO_NAME)
+        raise _Transient(str(reason), final=no_name) from None   # an unknown host stays unknown: no retry
+    final_url = getattr(response, "url", url) or url
+    if not transfer.http_ok and urllib.parse.urlsplit(final_url).scheme.lower() == "http":
+        response.close()
+        raise DownloadError(f"{url} redirects to {final_url}, which is not https: refused. Re-run with "
+                            f"--allow-http (or RKIT_ALLOW_HTTP=1) to accept it")
+    return response
 
 
 def _resume_point(response, start: int) -> int:
@@ -274,6 +277,8 @@ def _fetch_with_retries(url: str, part: Path, transfer: Transfer, bar: tqdm,
             raise DownloadError(f"{exc}.{advice}" if advice else f"{exc}: check the URL") from None
         except _Transient as exc:
             last, broke_off = str(exc), broke_off or exc.body
+            if exc.final:
+                break
             if "HTTP 416" in last and part.exists():
                 part.unlink()
     kept = part.stat().st_size if part.exists() else 0
