@@ -142,6 +142,8 @@ def download(names: tuple[str, ...], root: Path | None, dry_run: bool, jobs: int
     resume = " ".join(["rkit data download", *names, "--root", shlex.quote(str(data))]
                       + (["--allow-http"] if allow_http else []) + (["--mirror", shlex.quote(mirror)] if mirror else [])
                       + (["--from-dir", shlex.quote(str(from_dir))] if from_dir else []))
+    if progress and from_dir is None:
+        probe([f for f in files if not f.done], transfer)   # sizes for the overall progress bar
     errors = execute(files, data, transfer, jobs=jobs, from_dir=from_dir, keep_archives=keep_archives,
                      progress=progress, resume=resume)
     if errors:
