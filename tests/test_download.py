@@ -184,3 +184,17 @@ def test_https_only_unless_asked(misbehaving, tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="file:// URL, which is refused unless asked"):
         fetch(source.as_uri(), tmp_path / "y", progress=False)
     assert fetch(source.as_uri(), tmp_path / "y", transfer=Transfer(allow_file=True), progress=False).size == 3
+
+
+def test_redirect_from_https_to_http_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("RKIT_ALLOW_HTTP")
+
+    class Redirected(io.BytesIO):
+        url = "http://mirror.example/x.bin"     # where urllib ended up after following a redirect
+        status = 200
+        headers = {"Content-Length": "3"}
+
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: Redirected(b"abc"))
+    with pytest.raises(DownloadError, match="redirects to http://mirror.example/x.bin, which is not https"):
+        fetch("https://example.org/x.bin", tmp_path / "x.bin", transfer=Transfer(retries=0), progress=False)
+    assert not (tmp_path / "x.bin").exists()
