@@ -146,7 +146,7 @@ def write_whitening_lists(path: str | Path, images_root: str | Path) -> tuple[Pa
 
     The list names every image (relative to the list's folder) for ``rkit extract``; the pairs
     file has one ``A<TAB>B<TAB>1`` line per (qidxs, pidxs) pair with the same paths, for
-    ``rkit whiten fit --pairs`` (matching pairs only: use ``--method learned:rotation=all``).
+    ``rkit whiten fit --pairs`` (matching pairs only: use ``--whiten learned:rotation=all``).
     """
     import os
 

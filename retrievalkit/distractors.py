@@ -2,7 +2,7 @@
 
 ``rkit eval --dataset roxford5k --distractors revisitop1m`` adds the 1M distractor images to the
 database of ROxford5k / RParis6k. Distractors are never positive nor junk, so they can only push
-the relevant images down the ranking; AP is computed exactly as without them (SPEC section 5) on
+the relevant images down the ranking; AP is computed exactly as without them (docs/definitions.md §5) on
 a database of ``images + distractors``.
 
 * **Images.** ``DATA_ROOT/<name>/<name>.txt`` lists the images (paths relative to
@@ -83,7 +83,7 @@ def cache_key(settings: dict[str, Any]) -> str:
 
 def model_settings(backbone: str, pooling: str, weights: str, model: Path | None, whiten: Path | None,
                    image_size: int, scales: Sequence[float]) -> dict[str, Any]:
-    """The settings :func:`cache_key` hashes (``--model``/``--whiten`` files by size and mtime)."""
+    """The settings :func:`cache_key` hashes (``--model``/``--whitening`` files by size and mtime)."""
     return {"backbone": None if model else backbone, "pooling": None if model else pooling,
             "weights": None if model else weights, "model": _stamp(model), "whiten": _stamp(whiten),
             "image_size": int(image_size), "scales": [float(s) for s in scales]}
@@ -152,3 +152,22 @@ def evaluate_with_distractors(dataset: RevisitedDataset, queries: np.ndarray, da
                                              query_names=list(dataset.queries), setting=setting,
                                              scores=all_scores, missing_queries=missing)
     return results
+
+
+def evaluate_distractor_set(dataset: RevisitedDataset, queries: np.ndarray, database: np.ndarray,
+                            distractors: DescriptorSet, query_ids: Sequence[int], database_ids: Sequence[int], *,
+                            ks: Sequence[int] = DEFAULT_KS, index: str = "flat"
+                            ) -> tuple[dict[str, EvaluationResult], dict[str, Any]]:
+    """:func:`evaluate_with_distractors` for a descriptors set; also returns ``{"count", "paths"}``,
+    the distractor paths relative to the dataset's image folder (for the rankings file)."""
+    import os
+
+    from .descriptors import check_finite
+
+    check_finite(distractors.descriptors, "the distractor descriptors", paths=distractors.paths)
+    results = evaluate_with_distractors(dataset, queries, database, distractors.descriptors, query_ids=query_ids,
+                                        database_ids=database_ids, ks=ks, index=index)
+    root = distractors.meta.get("root")
+    paths = [os.path.relpath(Path(root) / p, dataset.image_dir) if root and dataset.root is not None else p
+             for p in distractors.paths]
+    return results, {"count": len(distractors), "paths": [Path(p).as_posix() for p in paths]}

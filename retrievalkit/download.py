@@ -42,9 +42,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .cache import CACHE_ENV_VAR, cache_dir  # noqa: F401 (re-exported; defined once in cache.py)
 from .errors import RkitError
 
-CACHE_ENV_VAR = "RKIT_CACHE"
 ALLOW_HTTP_ENV_VAR = "RKIT_ALLOW_HTTP"
 _CHUNK = 1 << 20
 _NAME_HASH = re.compile(r"-([0-9a-f]{6,64})\.[A-Za-z0-9]+$")
@@ -62,12 +62,6 @@ class _Transient(Exception):
         super().__init__(message)
         self.body = body     # True: the server answered, but the body broke off
         self.final = final   # True: retrying cannot help (the host name does not resolve)
-
-
-def cache_dir() -> Path:
-    """The download cache: ``$RKIT_CACHE`` if set, else ``~/.cache/retrievalkit``."""
-    configured = os.environ.get(CACHE_ENV_VAR)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "retrievalkit"
 
 
 def sha256_prefix_from_name(filename: str) -> str | None:

@@ -12,6 +12,10 @@ class RkitError(Exception):
     """A problem the user can fix; the message says what was wrong and what to do."""
 
 
+class RkitWarning(UserWarning):
+    """Something the user should know that does not stop the command; ``rkit`` prints ``Warning: ...``."""
+
+
 class UnknownComponentError(RkitError):
     """A component name that no installed plugin provides."""
 

@@ -12,7 +12,7 @@ Format (``cnnimageretrieval-pytorch``): a dict with ``meta`` (``architecture``, 
 ``whitening``, ``regional``, ``local_whitening``, ``mean``, ``std``, ``outputdim`` and optionally
 ``Lw``) and ``state_dict`` (``features.<i>.*`` = the children of the torchvision network's
 convolutional part, ``pool.p`` for GeM, ``whiten.weight/bias`` for the projection of the ``-w``
-networks). Their forward pass is ours (SPEC section 1): features -> pooling -> L2 -> whitening
+networks). Their forward pass is ours (docs/definitions.md §1): features -> pooling -> L2 -> whitening
 (``whiten``, a linear layer) -> L2, on images normalised with ``mean``/``std``.
 
 Mapping: ``vgg16`` -> our ``vgg16:last_pool=false`` (their features end at the last ReLU),
@@ -210,7 +210,7 @@ def lw_layer(meta: Mapping[str, Any], spec: PublishedSpec, has_whiten: bool, pat
         return None
     if has_whiten:
         raise RkitError(f"{path} already has a whitening layer ('whiten'); its Lw would be a second one: "
-                        f"leave out :lw=, or apply another whitening with --whiten FILE")
+                        f"leave out :lw=, or apply another whitening with --whitening FILE")
     entry = available.get(spec.lw_set, {}).get(wanted) if isinstance(available, Mapping) else None
     if not isinstance(entry, Mapping) or "m" not in entry or "P" not in entry:
         sets = ", ".join(f"{s}:{'/'.join(k)}" for s, k in available.items()) if available else "none"

@@ -122,7 +122,7 @@ def test_download_lay_out_then_eval_and_train(published, tmp_path, monkeypatch):
     listed = root / "retrieval-sfm-30k" / "retrieval-SfM-30k-whiten-images.txt"
     extracted = run("extract", str(listed), *TINY_MODEL[:-1], "--out", str(tmp_path / "w.npz"))
     assert extracted.exit_code == 0, extracted.output + repr(extracted.exception)
-    fitted = run("whiten", "fit", str(tmp_path / "w.npz"), "--method", "learned:rotation=all", "--pairs",
+    fitted = run("whiten", "fit", str(tmp_path / "w.npz"), "--whiten", "learned:rotation=all", "--pairs",
                  str(root / "retrieval-sfm-30k" / "retrieval-SfM-30k-whiten-pairs.tsv"), "--out", str(tmp_path / "lw.npz"))
     assert fitted.exit_code == 0, fitted.output + repr(fitted.exception)
     assert "3 matching" in fitted.output

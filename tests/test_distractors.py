@@ -39,7 +39,7 @@ def test_far_distractors_change_nothing_near_ones_push_positives_down():
     near = vectors([1, 0.01, 0, 0])
     pushed = evaluate_with_distractors(dataset(), QUERY, DATABASE, near, query_ids=[0], database_ids=range(4))
     # ranking: d(4), 0, 2 (junk), 1, 3 -> positives at junk-free ranks 1 and 2 (0-based); the revisited
-    # AP (trapezoid, SPEC section 5): 1/2 * (0 + 1/2)/2 + 1/2 * (1/2 + 2/3)/2
+    # AP (trapezoid, docs/definitions.md §5): 1/2 * (0 + 1/2)/2 + 1/2 * (1/2 + 2/3)/2
     assert pushed["medium"].map == pytest.approx(0.5 * (0 + 1 / 2) / 2 + 0.5 * (1 / 2 + 2 / 3) / 2)
     assert pushed["medium"].rankings[0, 0] == 4          # distractor ids follow the dataset's images
     assert plain["medium"].map == pytest.approx(1.0)

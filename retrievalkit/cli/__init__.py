@@ -13,12 +13,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from typing import Any
 
 import click
 
 from ..config import add_config_option, config_option
-from ..errors import Interrupted, RkitError
+from ..errors import Interrupted, RkitError, RkitWarning
 from ..interrupt import install_sigterm_handler
 
 #: printed for an interruption of a command that did not say what it kept
@@ -40,6 +41,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+_show_python_warning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """rkit's own warnings read as ``Warning: ...`` (no file and line of the code that warned)."""
+    if issubclass(category, RkitWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _show_python_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _show_warning
+
+
 class LazyGroup(click.Group):
     """A click group whose sub-commands are imported on first use."""
 
@@ -55,8 +71,14 @@ class LazyGroup(click.Group):
         if name not in COMMANDS or not self._available(name):
             return None
         module_name, attr, _ = COMMANDS[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # a missing or broken dependency of this one command
+            raise RkitError(f"`rkit {name}` cannot start: {type(exc).__name__}: {exc}. Install the package "
+                            f"that provides it, or reinstall retrievalkit; the other commands are not "
+                            f"affected") from exc
         # Every command takes --config FILE (TOML defaults, overridden by flags): retrievalkit.config
-        return add_config_option(getattr(importlib.import_module(module_name), attr))
+        return add_config_option(getattr(module, attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]

@@ -9,7 +9,6 @@ import click
 from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
-from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent
 from .options import ModelOptions, model_options
 
 _SHOWN_FAILURES = 20
@@ -31,8 +30,10 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
 
     \b
     rkit extract photos/ --pooling gem --image-size 448 --out photos.npz
-    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whiten lw.npz
+    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whitening lw.npz
     """
+    from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent  # torch: on use
+
     root, paths = list_images(source)
     model, whitening = model_options.build()
     checkpoint = partial_path(out)
