@@ -10,7 +10,8 @@ a database of ``images + distractors``.
 * **Descriptors, once per model.** They are extracted with the same model, image size, scales
   and whitening as the dataset, and cached in ``DATA_ROOT/<name>/descriptors/<key>.npz``;
   ``key`` hashes those settings (and the size/mtime of a model file), so another model gets its
-  own file and the same model reuses it. Extraction of a million images takes long: it resumes
+  own file and the same model reuses it (random weights, ``--weights none``, are never cached).
+  Extraction of a million images takes long: it resumes
   from ``<key>.partial.npz`` after an interruption.
 * **Search.** The combined database goes into a faiss index built by
   :func:`retrievalkit.index.build_index` with the options of ``rkit search`` (``--distractor-index
@@ -96,6 +97,9 @@ def distractor_descriptors(data_root: str | Path, name: str, settings: dict[str,
 
     image_dir, paths = distractor_images(data_root, name)
     cache = Path(data_root) / name / "descriptors" / f"{cache_key(settings)}.npz"
+    if settings.get("weights") == "none" and settings.get("model") is None:
+        log(f"{name}: random weights (--weights none) differ on every run: describing the distractors uncached")
+        return extract(paths, image_dir, cache.with_name(f"{cache.stem}.random.partial.npz"))
     if cache.is_file():
         cached = DescriptorSet.load(cache)
         if len(cached) and cached.meta.get("distractor_settings") == json.loads(json.dumps(settings, default=str)):

@@ -10,6 +10,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from _http_fixture import Server, jpeg_bytes, make_tar
@@ -92,18 +93,26 @@ def test_download_lay_out_then_eval_and_train(published, tmp_path, monkeypatch):
     again = run(*download_args(root, server.base, "roxford5k", "revisitop1m", "retrieval-sfm-30k"))
     assert again.exit_code == 0 and sum(1 for m, *_ in server.log if m == "GET") == gets   # all in place
 
-    plain = run("eval", "--dataset", "roxford5k", "--data-root", str(root), *TINY_MODEL)
+    # one random-weight model saved once, so the dataset, its queries and the distractors share it
+    from retrievalkit.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    build_model(ModelConfig(backbone="alexnet", pooling="gem", weights="none")).save(tmp_path / "model")
+    fixed = ["--model", str(tmp_path / "model"), *TINY_MODEL[4:]]
+    plain = run("eval", "--dataset", "roxford5k", "--data-root", str(root), *fixed)
     assert plain.exit_code == 0, plain.output + repr(plain.exception)
     report = json.loads(plain.stdout[plain.stdout.index("{"):])
     assert report["images"] == 6 and set(report["settings"]) == {"easy", "medium", "hard"}
 
-    with_r1m = run("eval", "--dataset", "roxford5k", "--distractors", "revisitop1m", *TINY_MODEL,
-                   env={"RKIT_DATA": str(root)})
+    with_r1m = run("eval", "--dataset", "roxford5k", "--distractors", "revisitop1m", *fixed,
+                   "--save-rankings", str(tmp_path / "r1m-rankings.json"), env={"RKIT_DATA": str(root)})
     assert with_r1m.exit_code == 0, with_r1m.output + repr(with_r1m.exception)
-    assert "6 images + 100 distractors" in with_r1m.output
+    assert "+ 100 distractors (revisitop1m)" in with_r1m.output and '"distractors": 100' in with_r1m.output
+    rankings_text = (tmp_path / "r1m-rankings.json").read_text()
+    assert "../../revisitop1m/jpg/" in rankings_text                # distractors named in the report file
     cached = list((root / "revisitop1m" / "descriptors").glob("*.npz"))
     assert len(cached) == 1                                      # described once, cached by model
-    again = run("eval", "--dataset", "roxford5k", "--distractors", "revisitop1m", *TINY_MODEL,
+    again = run("eval", "--dataset", "roxford5k", "--distractors", "revisitop1m", *fixed,
                 env={"RKIT_DATA": str(root)})
     assert again.exit_code == 0 and "from the cache" in again.output
     r1m = json.loads(with_r1m.stdout[with_r1m.stdout.index("{"):])
