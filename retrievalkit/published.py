@@ -107,10 +107,16 @@ class PublishedSpec:
 def is_published_model(text: str | Path) -> bool:
     """Whether ``--model text`` names a published network or an authors'-format ``.pth`` file."""
     spec = PublishedSpec.parse(str(text)) if ":" in str(text) and not Path(str(text)).exists() else PublishedSpec(str(text))
-    if spec.source in PUBLISHED:
-        return True
+    if spec.source in PUBLISHED or (not Path(spec.source).exists() and _close_names(spec.source)):
+        return True        # a near miss gets the list of published names, not "not a model folder"
     path = Path(spec.source)
     return path.suffix in (".pth", ".pt") and not path.is_dir()
+
+
+def _close_names(name: str) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, list(PUBLISHED), n=1, cutoff=0.8)
 
 
 def fetch_published(name: str) -> Path:
@@ -126,8 +132,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """``{"meta": ..., "state_dict": ...}`` from an authors'-format file, safely unpickled."""
     path = Path(path)
     if not path.is_file():
-        raise RkitError(f"--model {path}: no such file. Give a published name ({', '.join(PUBLISHED)}), "
-                        f"an authors'-format .pth file, or an `rkit train` model folder")
+        close = _close_names(str(path))
+        raise RkitError(f"--model {path}: no such file{f' (did you mean {close[0]}?)' if close else ''}. Give a "
+                        f"published name ({', '.join(PUBLISHED)}), an authors'-format .pth file, or an "
+                        f"`rkit train` model folder")
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -148,6 +148,8 @@ def test_what_cannot_be_mapped_is_refused(tmp_path):
             load_model(path)
     with pytest.raises(RkitError, match="options are :lw=ss"):
         PublishedSpec.parse("x.pth:lw=big")
+    with pytest.raises(RkitError, match="did you mean retrievalSfM120k-resnet101-gem"):
+        load_model("retrievalSfM120k-resnet101-gen")
 
 
 def test_published_names_are_downloaded_once_and_verified(tmp_path, monkeypatch):
