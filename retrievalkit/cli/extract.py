@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from ..config import write_resolved_config
-from ..errors import RkitError
+from ..errors import Interrupted, RkitError
+from ..interrupt import rerun_command
+from ..outputs import check_output_path
 from .options import ModelOptions, model_options
 
 _SHOWN_FAILURES = 20
@@ -39,7 +41,8 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
     rkit extract photos/ --shard 1/2 --out part1.npz   (then: rkit merge part1.npz part2.npz --out all.npz)
     torchrun --nproc-per-node 2 -m retrievalkit extract photos/ --out photos.npz
     """
-    from ..extractor import Extractor, failure_lines, require_some, write_descriptors
+    check_output_path(out, [source, model_options.model_dir, model_options.whitening_file])
+    from ..extractor import Extractor, failure_lines, require_some, write_descriptors  # torch: on use
     from ..images import list_images
     from ..shards import is_writer, launched_by_torchrun, parse_shard
 
@@ -49,14 +52,17 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
     root, paths = list_images(source)
     extractor = Extractor.open(model_options.settings())
     checkpoint = _checkpoint(out, resume)
-    if share is not None:
-        extractor.extract_shard(paths, share, out, root=root, checkpoint=checkpoint,
-                                checkpoint_every=checkpoint_every, progress=progress)
-        click.echo(f"wrote shard {share[0] + 1}/{share[1]} of {len(paths)} images to {out}; when every shard is "
-                   f"done: rkit merge SHARD_FILES... --out FILE")
-        return
-    result = extractor.extract(paths, root=root, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                               progress=progress, distributed=launched_by_torchrun())
+    try:
+        if share is not None:
+            extractor.extract_shard(paths, share, out, root=root, checkpoint=checkpoint,
+                                    checkpoint_every=checkpoint_every, progress=progress)
+            click.echo(f"wrote shard {share[0] + 1}/{share[1]} of {len(paths)} images to {out}; when every "
+                       f"shard is done: rkit merge SHARD_FILES... --out FILE")
+            return
+        result = extractor.extract(paths, root=root, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                                   progress=progress, distributed=launched_by_torchrun())
+    except KeyboardInterrupt:
+        raise _interrupted(checkpoint) from None
     if not is_writer():
         return
     require_some(result, len(paths))
@@ -79,3 +85,11 @@ def _checkpoint(out: Path, resume: bool) -> Path | None:
         else:
             checkpoint.unlink()
     return checkpoint if resume else None
+
+
+def _interrupted(checkpoint: Path | None) -> Interrupted:
+    """What Ctrl-C or SIGTERM during an extraction kept, and the command that resumes it."""
+    if checkpoint is None:  # --no-resume: nothing was checkpointed, say only that it stopped
+        return Interrupted()
+    kept = f"the descriptors finished so far in {checkpoint}" if checkpoint.exists() else None
+    return Interrupted(kept=kept, resume=rerun_command())

@@ -23,7 +23,10 @@ def command(shards: tuple[Path, ...], out: Path) -> None:
     rkit merge part1.npz part2.npz --out photos.npz
     """
     from ..extractor import failure_lines, require_some, write_descriptors
+    from ..outputs import check_output_path
     from ..shards import merge_shard_files
+
+    check_output_path(out, list(shards))
 
     extractor, result, header = merge_shard_files(list(shards))
     total = len(header["paths"])
