@@ -390,10 +390,11 @@ def test_large_images_go_in_small_batches() -> None:
 
 # -- non-finite descriptors are refused where they are made ---------------------------------------------
 def test_gem_with_a_huge_exponent_stays_finite(tmp_path, capsys) -> None:
-    solid(tmp_path / "a.png", (255, 0, 0))
-    solid(tmp_path / "b.png", (0, 90, 200), size=(64, 90))
+    (tmp_path / "imgs").mkdir()
+    solid(tmp_path / "imgs" / "a.png", (255, 0, 0))
+    solid(tmp_path / "imgs" / "b.png", (0, 90, 200), size=(64, 90))
     out = tmp_path / "o.npz"
-    code = run_cli(["extract", str(tmp_path), "--backbone", "efficientnet-lite0", "--weights", "none",
+    code = run_cli(["extract", str(tmp_path / "imgs"), "--backbone", "efficientnet-lite0", "--weights", "none",
                     "--pooling", "gem:p=1000", "--image-size", "64", "--scales", "1,0.5", "--workers", "0",
                     "--device", "cpu", "--no-progress", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
@@ -425,13 +426,14 @@ def test_checkpoint_every_is_a_flag(tmp_path, monkeypatch) -> None:
     saves = []
     real = extract_module.save_pooled
     monkeypatch.setattr(extract_module, "save_pooled", lambda *a, **k: (saves.append(1), real(*a, **k)))
-    names = [solid(tmp_path / f"{i}.png", (40 * i, 0, 0), size=(64 + 16 * i, 64)) for i in range(3)]
+    (tmp_path / "imgs").mkdir()
+    names = [solid(tmp_path / "imgs" / f"{i}.png", (40 * i, 0, 0), size=(64 + 16 * i, 64)) for i in range(3)]
     (tmp_path / "out").mkdir()
-    assert run_cli(["extract", str(tmp_path), "--backbone", "alexnet", "--weights", "none", "--pooling", "mac",
+    assert run_cli(["extract", str(tmp_path / "imgs"), "--backbone", "alexnet", "--weights", "none", "--pooling", "mac",
                     "--image-size", "128", "--workers", "0", "--device", "cpu", "--no-progress",
                     "--checkpoint-every", "0.000001", "--out", str(tmp_path / "out" / "o.npz")]) == 0
     assert len(saves) >= 2 and len(names) == 3  # a save after (nearly) every batch
-    assert run_cli(["extract", str(tmp_path), "--checkpoint-every", "0", "--out", str(tmp_path / "x.npz")]) == 2
+    assert run_cli(["extract", str(tmp_path / "imgs"), "--checkpoint-every", "0", "--out", str(tmp_path / "x.npz")]) == 2
 
 
 # -- whitening files: one code path with the model's whitening layer ----------------------------------
