@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..atomic import write_text_atomic
 from ..config import write_resolved_config
@@ -32,26 +31,21 @@ def _queries(specs: tuple[str, ...], database: DescriptorSet, options: ModelOpti
     from ..extract import list_images
 
     files = [spec for spec in specs if Path(spec).suffix.lower() == ".npz"]
-    queries = load_queries(files, dim=database.dim)
+    sets = [DescriptorSet.load(f) for f in files]          # read (and checked) before any extraction
     image_paths: list[str] = []
     for spec in specs:
         if spec not in files:
             root, paths = list_images(Path(spec))
             image_paths.extend(str(root / p) for p in paths)
     if not image_paths:
-        return queries
+        return load_queries(sets, dim=database.dim)
     if not database.meta.get("model") and not ({"model", "backbone", "pooling"} & options.typed):
         raise RkitError("the database file does not say which model described it, so query images cannot be "
                         "described the same way: give --model DIR or --backbone/--pooling/--weights "
                         "(and --image-size, --scales, --whitening) as used for the database")
     options = ModelOptions.from_descriptor_meta(database.meta, base=options)
     result, _ = extract_with_options(options, image_paths, root=None, progress=progress, what="query images")
-    described = DescriptorSet(result.descriptors, result.paths)
-    if described.dim != database.dim:
-        raise RkitError(f"query descriptors are {described.dim}-D but the database is {database.dim}-D: describe "
-                        f"queries and database with the same model and whitening")
-    return DescriptorSet(np.concatenate([queries.descriptors, described.descriptors]),
-                         queries.paths + described.paths)
+    return load_queries([*sets, DescriptorSet(result.descriptors, result.paths)], dim=database.dim)
 
 
 @click.command("search")
