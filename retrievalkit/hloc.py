@@ -23,8 +23,10 @@ float). h5py is an optional extra: ``pip install "retrievalkit[hloc]"``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +35,7 @@ from .errors import RkitError
 
 DESCRIPTOR_KEY = "global_descriptor"
 SIZE_KEY = "image_size"
+META_ATTRIBUTE = "retrievalkit_meta"
 
 Pair = tuple[str, str]
 
@@ -52,6 +55,16 @@ def retrieval_pairs(query_names: Sequence[str], ranked: Iterable[Sequence[str]],
         others = [name for name in names if name != query][:num_matched]
         pairs.extend((query, name) for name in others)
     return pairs
+
+
+def hloc_pairs_text(query_names: Sequence[str], ids: np.ndarray, database_names: Sequence[str],
+                    root: str | Path | None, num_matched: int) -> str:
+    """The pairs file of a search: query ``i``'s results ``ids[i]`` (database rows, best first,
+    -1 for none) as ``query match`` lines, names relative to the image folder ``root``."""
+    queries = [relative_name(name, root) for name in query_names]
+    database = [relative_name(name, root) for name in database_names]
+    ranked = ([database[j] for j in row if j >= 0] for row in np.asarray(ids).tolist())
+    return pairs_text(retrieval_pairs(queries, ranked, num_matched))
 
 
 def pairs_text(pairs: Iterable[Pair]) -> str:
@@ -115,7 +128,8 @@ def relative_name(name: str, root: str | Path | None) -> str:
 
 
 # -- global features (HDF5) -----------------------------------------------------------------
-def _h5py():
+def require_h5py() -> Any:
+    """The h5py module, or a clear error saying how to install it (an optional extra)."""
     try:
         import h5py
     except ImportError:
@@ -126,10 +140,11 @@ def _h5py():
 
 def write_global_features(path: str | Path, names: Sequence[str], descriptors: np.ndarray,
                           image_sizes: Sequence[tuple[int, int]] | None = None,
-                          half: bool = False) -> Path:
+                          half: bool = False, meta: dict[str, Any] | None = None) -> Path:
     """Write hloc's global-feature HDF5: group ``name`` -> ``global_descriptor`` (and
-    ``image_size``); atomically (a temporary file renamed when complete)."""
-    h5py = _h5py()
+    ``image_size``); atomically (a temporary file renamed when complete). ``meta`` (how the
+    descriptors were made) goes into the file's attribute ``retrievalkit_meta`` as JSON."""
+    h5py = require_h5py()
     descriptors = np.asarray(descriptors, dtype=np.float16 if half else np.float32)
     if descriptors.ndim != 2 or len(descriptors) != len(names):
         raise ValueError(f"descriptors {descriptors.shape} do not have one row per name ({len(names)})")
@@ -139,6 +154,8 @@ def write_global_features(path: str | Path, names: Sequence[str], descriptors: n
         raise RkitError("two descriptors have the same image name: an HDF5 file keyed by name holds one each")
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", libver="latest") as fd:
+            if meta is not None:
+                fd.attrs[META_ATTRIBUTE] = json.dumps(meta)
             for row, name in enumerate(names):
                 group = fd.create_group(Path(name).as_posix())
                 group.create_dataset(DESCRIPTOR_KEY, data=descriptors[row])
@@ -149,7 +166,7 @@ def write_global_features(path: str | Path, names: Sequence[str], descriptors: n
 
 def read_global_features(path: str | Path) -> tuple[list[str], np.ndarray]:
     """The image names (sorted) and float32 descriptors of an hloc global-feature file."""
-    h5py = _h5py()
+    h5py = require_h5py()
     found: dict[str, np.ndarray] = {}
 
     def visit(name: str, obj: object) -> None:
@@ -167,16 +184,16 @@ def read_global_features(path: str | Path) -> tuple[list[str], np.ndarray]:
     return names, np.stack([found[n] for n in names])
 
 
-def raw_image_sizes(root: str | Path, names: Sequence[str]) -> list[tuple[int, int]]:
+def raw_image_sizes(root: str | Path | None, names: Sequence[str]) -> list[tuple[int, int]]:
     """(width, height) of each image as stored (no EXIF rotation, as hloc reads them)."""
     from PIL import Image
 
     sizes = []
     for name in names:
-        with Image.open(Path(root) / name) as image:
+        with Image.open(Path(root or ".") / name) as image:
             sizes.append((int(image.size[0]), int(image.size[1])))
     return sizes
 
 
-__all__ = ["retrieval_pairs", "pairs_text", "write_pairs", "read_pairs", "relative_name",
-           "write_global_features", "read_global_features", "raw_image_sizes"]
+__all__ = ["retrieval_pairs", "hloc_pairs_text", "pairs_text", "write_pairs", "read_pairs", "relative_name",
+           "write_global_features", "read_global_features", "raw_image_sizes", "require_h5py"]

@@ -121,10 +121,11 @@ def pairs_from_file(path: str | Path, names: Sequence[str], log: Callable[[str],
 
     known = set(names)
     given = read_pairs(path)
-    kept = [(a, b) for a, b in given if a in known and b in known and a != b]
+    inside = [(a, b) for a, b in given if a in known and b in known]
+    kept = [(a, b) for a, b in inside if a != b]
     unknown = sorted({n for pair in given for n in pair if n not in known})
     if unknown:
-        log(f"[pairs] {path}: {len(given) - len(kept)} of {len(given)} pairs name images that are "
+        log(f"[pairs] {path}: {len(given) - len(inside)} of {len(given)} pairs name images that are "
             f"not readable images of this folder (e.g. {unknown[0]}); dropped")
     if not kept:
         raise RkitError(f"no pair of {path} names two readable images of the folder: the names must "

@@ -78,15 +78,19 @@ def _queries(specs: tuple[str, ...], database: DescriptorSet, options: ModelOpti
               help="Write the built index here (atomically), to reuse with --load-index.")
 @click.option("--load-index", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Use an index written by --save-index for this DATABASE instead of building one.")
-@click.option("--format", "out_format", type=click.Choice(["tsv", "json"]), default="tsv", show_default=True,
-              help="tsv: query, rank, score, path per line (with a header); json: one document.")
+@click.option("--format", "out_format", type=click.Choice(["tsv", "json", "hloc-pairs"]), default="tsv",
+              show_default=True, help="tsv: query, rank, score, path per line (with a header); json: one "
+              "document; hloc-pairs: 'query match' per line, hloc's pairs-from-retrieval file (no self-matches).")
+@click.option("--num-matched", type=click.IntRange(min=1), default=None,
+              help="With --format hloc-pairs: matches per query (default: -k).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results here (atomically) instead of to standard output.")
 @model_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kind: str, nlist: int | None,
             pq_m: int | None, nprobe: int | None, save_index: Path | None, load_index: Path | None,
-            out_format: str, out: Path | None, model_options: ModelOptions, progress: bool) -> None:
+            out_format: str, num_matched: int | None, out: Path | None, model_options: ModelOptions,
+            progress: bool) -> None:
     """Search DATABASE (a descriptors file) for each of QUERIES.
 
     A query is a descriptors file (.npz), an image, a folder of images or a text file listing
@@ -97,6 +101,7 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
     rkit search db.npz photo.jpg other/ --image-size 448
     rkit search db.npz --index ivfpq --nlist 4096 --pq-m 32 --save-index db.ivfpq   (build once)
     rkit search db.npz q.npz --load-index db.ivfpq --nprobe 32
+    rkit search db.npz db.npz --format hloc-pairs --num-matched 20 --out pairs.txt   (for hloc / rkit sfm --pairs)
     """
     database = DescriptorSet.load(database_file)
     if not query_specs and save_index is None:
@@ -127,12 +132,20 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
         click.echo(f"wrote index to {save_index}", err=True)
     if not query_specs:
         return
+    matched = num_matched or k
+    if out_format == "hloc-pairs":  # one more, as the query itself is dropped when in the database
+        k = min(matched + 1, len(database))
     started = time.perf_counter()
     scores, ids = search(index, queries, k, nprobe=nprobe)
     click.echo(f"searched {len(names)} queries in {time.perf_counter() - started:.3f} s", err=True)
-    text = format_results(names, scores, ids, database, out_format,
-                          info={"database": str(database_file), "k": k,
-                                "index": type(index).__name__ if load_index else index_kind})
+    if out_format == "hloc-pairs":
+        from ..hloc import hloc_pairs_text
+
+        text = hloc_pairs_text(names, ids, database.paths, database.meta.get("root"), matched)
+    else:
+        text = format_results(names, scores, ids, database, out_format,
+                              info={"database": str(database_file), "k": k,
+                                    "index": type(index).__name__ if load_index else index_kind})
     if out is None:
         click.echo(text, nl=False)
     else:
