@@ -484,13 +484,19 @@ def match_pairs(run: SfmRun) -> dict[str, Any]:
             seconds = time.perf_counter() - began
             bar.update(len(chunk))
             start += len(chunk)
-            size = int(min(2 * size, max(4, size * MATCH_CHUNK_SECONDS / max(seconds, 1e-3)), 500))
+            size = next_chunk_size(size, seconds)
     Path(pairing.match_list_path).unlink(missing_ok=True)
     with pycolmap.Database.open(run.colmap_db) as db:
         _, inliers = db.read_two_view_geometry_num_inliers()
     verified = sum(1 for n in inliers if n >= options.min_num_matches)
     run.log(f"[matches] {verified} pairs with >= {options.min_num_matches} verified matches")
     return {"verified_pairs": int(verified)}
+
+
+def next_chunk_size(size: int, seconds: float) -> int:
+    """Pairs in the next matching chunk: what would take :data:`MATCH_CHUNK_SECONDS` at the
+    last chunk's rate, at least 4, at most twice the last chunk and 500."""
+    return int(min(2 * size, max(4, size * MATCH_CHUNK_SECONDS / max(seconds, 1e-3)), 500))
 
 
 def _mapping_options(options: SfmOptions) -> Any:
