@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +50,6 @@ from .stages import Stage, StagesDone, run_stages
 from .trainingdb import TrainingDatabase, load_database
 
 STAGES = ("features", "pairs", "matches", "mapping", "database")
-#: Matching runs in chunks sized to take about this long, so the progress bar moves steadily.
-MATCH_CHUNK_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -458,8 +455,7 @@ def choose_pairs(run: SfmRun) -> dict[str, Any]:
 
 def match_pairs(run: SfmRun) -> dict[str, Any]:
     """Stage ``matches``: SIFT matching and geometric verification of ``pairs.txt``, in chunks
-    sized to take about :data:`MATCH_CHUNK_SECONDS` each (the progress bar moves steadily, an
-    interruption loses one chunk)."""
+    of :func:`match_chunk_size` pairs (the progress bar moves, an interruption loses one chunk)."""
     import pycolmap
 
     from .hloc import read_pairs, write_pairs
@@ -473,18 +469,12 @@ def match_pairs(run: SfmRun) -> dict[str, Any]:
     pairing = pycolmap.ImportedPairingOptions()
     pairing.match_list_path = run.out_dir / "pairs.chunk.txt"
     run.log(f"[matches] matching and verifying {len(pairs)} pairs")
-    start, size = 0, 4
     with run.bar(len(pairs), "matches", "pair") as bar:
-        while start < len(pairs):
-            chunk = pairs[start:start + size]
+        for chunk in _chunks(pairs, match_chunk_size(len(pairs))):
             write_pairs(pairing.match_list_path, chunk)
-            began = time.perf_counter()
             pycolmap.match_image_pairs(run.colmap_db, matching_options=matching, pairing_options=pairing,
                                        verification_options=verification, device=pycolmap.Device.cpu)
-            seconds = time.perf_counter() - began
             bar.update(len(chunk))
-            start += len(chunk)
-            size = next_chunk_size(size, seconds)
     Path(pairing.match_list_path).unlink(missing_ok=True)
     with pycolmap.Database.open(run.colmap_db) as db:
         _, inliers = db.read_two_view_geometry_num_inliers()
@@ -493,10 +483,11 @@ def match_pairs(run: SfmRun) -> dict[str, Any]:
     return {"verified_pairs": int(verified)}
 
 
-def next_chunk_size(size: int, seconds: float) -> int:
-    """Pairs in the next matching chunk: what would take :data:`MATCH_CHUNK_SECONDS` at the
-    last chunk's rate, at least 4, at most twice the last chunk and 500."""
-    return int(min(2 * size, max(4, size * MATCH_CHUNK_SECONDS / max(seconds, 1e-3)), 500))
+def match_chunk_size(num_pairs: int) -> int:
+    """Pairs per matching call: about 1/40 of them (so the bar moves about 40 times), at least
+    32 (each call costs: matching 32 Lund pairs took 1.5x as long in chunks of 4 as in one call,
+    as COLMAP's matching and verification threads drain at the end of a call), at most 200."""
+    return int(min(200, max(32, -(-num_pairs // 40))))
 
 
 def _mapping_options(options: SfmOptions) -> Any:

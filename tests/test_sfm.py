@@ -397,8 +397,8 @@ def test_stage_runner_reuses_reruns_and_clears_later_markers(tmp_path):
     assert calls == ["b"] and read_marker(tmp_path, "c") is None
 
 
-def test_mapping_bar_is_capped_per_group_and_chunks_adapt():
-    from retrievalkit.sfm import _capped, next_chunk_size
+def test_mapping_bar_is_capped_per_group_and_matching_chunks_are_small():
+    from retrievalkit.sfm import _capped, match_chunk_size
 
     class Bar:
         n = 0
@@ -416,6 +416,4 @@ def test_mapping_bar_is_capped_per_group_and_chunks_adapt():
     second(1)
     second(4)  # the group is done: the bar reaches its total, not more
     assert bar.n == 10
-    assert next_chunk_size(4, 0.1) == 8  # fast: at most doubles
-    assert next_chunk_size(100, 4.0) == 25  # slow: about a second's worth
-    assert next_chunk_size(10, 100.0) == 4 and next_chunk_size(400, 0.5) == 500
+    assert [match_chunk_size(n) for n in (10, 345, 1639, 7626, 100000)] == [32, 32, 41, 191, 200]
