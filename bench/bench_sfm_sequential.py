@@ -58,11 +58,13 @@ def main() -> None:
     for k in args.k:
         for pairs in (["retrieval"], ["retrieval", sequential]):
             registered = []
+            source = base  # the first seed starts from the base run, the next ones from its pairs
             for seed in args.seeds:
                 out = args.out / f"k{k}-{'+'.join(pairs).replace(':', '_')}-seed{seed}"
                 if not (out / "report.json").is_file():
                     shutil.rmtree(out, ignore_errors=True)
-                    shutil.copytree(base, out)
+                    shutil.copytree(source, out)
+                source = out
                 report = rkit_sfm(args.images, out, pairs, k, seed, args.threads)
                 num_pairs = json.loads((out / "stages" / "pairs.json").read_text())["num_pairs"]
                 registered.append(report["registered"])
