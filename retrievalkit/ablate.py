@@ -1,8 +1,8 @@
 """Ablation grids: every combination of components and options, with the work shared.
 
 An ablation evaluates each *cell* of a grid (a choice of backbone, weights, pooling, image
-size, scales, whitening and output dimension) on a folder-per-class collection (SPEC section
-5: every image a query against the others, mAP and mP@k).
+size, scales, whitening and output dimension) on a folder-per-class collection
+(docs/definitions.md §5: every image a query against the others, mAP and mP@k).
 
 Work sharing. Extracting descriptors is the expensive step; whitening and dimension reduction
 act on descriptors. The cells are therefore grouped by their *extraction key* (backbone,
@@ -57,7 +57,7 @@ from .atomic import write_text_atomic
 from .components import ComponentSpec
 from .descriptors import DescriptorSet
 from .errors import RkitError
-from .model import ModelConfig
+from .settings import ModelConfig
 
 ABLATION_FORMAT_VERSION = 1
 
@@ -301,7 +301,7 @@ class WhiteningFits:
 
     A whitening is ``psi = L2(P (f - m))`` with the rows of ``P`` ordered by decreasing
     importance, so the ``D``-dimensional whitening is the first ``D`` rows of the full one
-    (SPEC section 2, "keeping the first D rows"; :meth:`FittedWhitening.truncated`). With
+    (docs/definitions.md §2, "keeping the first D rows"; :meth:`FittedWhitening.truncated`). With
     ``share=True`` each (descriptors, whitening, training subset) is therefore fitted once with
     every meaningful direction, stored as ``<folder>/<key>.npz``, and truncated for each
     ``dim``; asking for more dimensions than the fit has is the same error a direct fit gives.

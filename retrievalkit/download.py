@@ -14,7 +14,6 @@ prefix; :func:`sha256_prefix_from_name` reads it, and ``sha256="auto"`` uses it.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import urllib.error
 import urllib.parse
@@ -24,21 +23,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
+from .cache import CACHE_ENV_VAR, cache_dir  # noqa: F401 (re-exported; defined once in cache.py)
 from .errors import RkitError
 
-CACHE_ENV_VAR = "RKIT_CACHE"
 _CHUNK = 1 << 20
 _NAME_HASH = re.compile(r"-([0-9a-f]{6,64})\.[A-Za-z0-9]+$")
 
 
 class DownloadError(RkitError):
     """A download that failed (network, HTTP status, checksum); the message says what to do."""
-
-
-def cache_dir() -> Path:
-    """The download cache: ``$RKIT_CACHE`` if set, else ``~/.cache/retrievalkit``."""
-    configured = os.environ.get(CACHE_ENV_VAR)
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "retrievalkit"
 
 
 def sha256_prefix_from_name(filename: str) -> str | None:

@@ -26,12 +26,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .atomic import atomic_path, write_text_atomic
 from .errors import RkitError
+
+if TYPE_CHECKING:
+    from .search import SearchResults
 
 DESCRIPTOR_KEY = "global_descriptor"
 SIZE_KEY = "image_size"
@@ -65,6 +68,16 @@ def hloc_pairs_text(query_names: Sequence[str], ids: np.ndarray, database_names:
     database = [relative_name(name, root) for name in database_names]
     ranked = ([database[j] for j in row if j >= 0] for row in np.asarray(ids).tolist())
     return pairs_text(retrieval_pairs(queries, ranked, num_matched))
+
+
+def results_to_pairs_text(results: SearchResults) -> str:
+    """The pairs file of :class:`~retrievalkit.search.SearchResults`: ``info["num_matched"]``
+    matches per query (default: all its results but itself). Search ``num_matched + 1``
+    neighbours when the queries are in the database, as ``rkit search --format hloc-pairs``
+    does, since each query's own row is left out."""
+    num_matched = int(results.info.get("num_matched", results.ids.shape[1] if results.ids.ndim == 2 else 1))
+    return hloc_pairs_text(results.query_names, results.ids, results.database_paths, results.root,
+                           max(1, num_matched))
 
 
 def pairs_text(pairs: Iterable[Pair]) -> str:
@@ -195,5 +208,5 @@ def raw_image_sizes(root: str | Path | None, names: Sequence[str]) -> list[tuple
     return sizes
 
 
-__all__ = ["retrieval_pairs", "hloc_pairs_text", "pairs_text", "write_pairs", "read_pairs", "relative_name",
+__all__ = ["retrieval_pairs", "hloc_pairs_text", "results_to_pairs_text", "pairs_text", "write_pairs", "read_pairs", "relative_name",
            "write_global_features", "read_global_features", "raw_image_sizes", "require_h5py"]

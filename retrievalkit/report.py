@@ -135,7 +135,7 @@ def _pyplot() -> Any:
 
 
 def precision_recall_curve(statuses: Sequence[str], n_positives: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Precision and recall after each ranked image, junk removed (SPEC section 5).
+    """Precision and recall after each ranked image, junk removed (docs/definitions.md §5).
 
     ``n_positives`` is the query's number of positives; when unknown, recall is relative to
     the positives found in the ranked list given.

@@ -1,7 +1,7 @@
 """The embedded synthetic multi-view dataset: textured 3D "landmarks" rendered from known cameras.
 
 ``generate_synthetic(out_dir)`` writes a small collection in which every image's true camera is
-known, so that what Structure-from-Motion recovers (SPEC section 4: the 3D points P(i) an image
+known, so that what Structure-from-Motion recovers (docs/definitions.md §4: the 3D points P(i) an image
 observes, their depths, the camera centre and focal) can be checked against the truth, and so
 that training and evaluation have data without any download::
 
@@ -709,9 +709,12 @@ def generate_synthetic(
 def default_synthetic_dir(preset: str = "default", seed: int = 0) -> Path:
     """Where the default synthetic set lives when a command needs data and the user gave none.
 
-    ``$RKIT_DATA_DIR/synthetic-<preset>-seed<seed>`` (default ``~/.cache/retrievalkit``).
+    ``$RKIT_DATA_DIR/synthetic-<preset>-seed<seed>`` (default: the cache folder,
+    :func:`retrievalkit.cache.cache_dir`).
     """
-    base = Path(os.environ.get("RKIT_DATA_DIR") or Path.home() / ".cache" / "retrievalkit")
+    from .cache import cache_dir
+
+    base = Path(os.environ.get("RKIT_DATA_DIR") or cache_dir())
     return base / f"synthetic-{preset}-seed{seed}"
 
 

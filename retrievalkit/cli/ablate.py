@@ -11,6 +11,7 @@ import click
 
 from ..ablate import DEFAULT_SETTINGS, AblationOptions, format_table, parse_grid, run_ablation
 from ..config import write_resolved_config
+from .options import component_callback
 
 
 @click.command("ablate")
@@ -26,16 +27,16 @@ from ..config import write_resolved_config
               help="A grid axis (repeatable): backbone, weights, pooling, image_size, scales "
                    "(1+0.707+0.5), whiten, dim, or COMPONENT.OPTION (pooling.p=2,3). In a config "
                    "file: a table [ablate.grid] with lists.")
-@click.option("--backbone", default=DEFAULT_SETTINGS["backbone"], show_default=True,
+@click.option("--backbone", default=DEFAULT_SETTINGS["backbone"], show_default=True, callback=component_callback("backbone"),
               help="Backbone of cells the grid does not vary (NAME[:OPTION=VALUE]).")
 @click.option("--weights", default=DEFAULT_SETTINGS["weights"], show_default=True,
               help="Backbone weights: imagenet, none or a state-dict file.")
-@click.option("--pooling", default=DEFAULT_SETTINGS["pooling"], show_default=True)
+@click.option("--pooling", default=DEFAULT_SETTINGS["pooling"], show_default=True, callback=component_callback("pooling"))
 @click.option("--image-size", type=click.IntRange(min=1), default=int(DEFAULT_SETTINGS["image_size"]), show_default=True,
               help="Longest image side in pixels at scale 1.")
 @click.option("--scales", default=DEFAULT_SETTINGS["scales"], show_default=True,
               help="Scales joined by '+' or ',' (1+0.707+0.5).")
-@click.option("--whiten", default=DEFAULT_SETTINGS["whiten"], show_default=True,
+@click.option("--whiten", default=DEFAULT_SETTINGS["whiten"], show_default=True, callback=component_callback("whitening"),
               help="Whitening: none, pca, learned (with options, e.g. learned:rotation=all).")
 @click.option("--dim", default=DEFAULT_SETTINGS["dim"], show_default=True,
               help="Output dimension after whitening, or 'full'.")

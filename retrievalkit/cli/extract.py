@@ -9,7 +9,6 @@ import click
 from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
-from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent
 from .options import ModelOptions, model_options
 
 _SHOWN_FAILURES = 20
@@ -36,15 +35,17 @@ def command(source: Path, model_options: ModelOptions, out: Path, out_format: st
 
     \b
     rkit extract photos/ --pooling gem --image-size 448 --out photos.npz
-    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whiten lw.npz
+    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whitening lw.npz
     rkit extract photos/ --format h5 --out global-feats.h5          (hloc's global features)
     """
-    if out_format == "h5" and click.get_current_context().get_parameter_source("out") == click.core.ParameterSource.DEFAULT:
-        out = out.with_suffix(".h5")
+    from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent  # torch: on use
+
     if out_format == "h5":
         from ..hloc import require_h5py
 
         require_h5py()  # before the extraction, not after it
+        if click.get_current_context().get_parameter_source("out") == click.core.ParameterSource.DEFAULT:
+            out = out.with_suffix(".h5")
     root, paths = list_images(source)
     model, whitening = model_options.build()
     checkpoint = partial_path(out)

@@ -1,7 +1,7 @@
 """Torchvision CNNs cut after their last convolutional block (Radenović et al. 2016, section 3.1).
 
 The retrieval papers use the convolutional part of an ImageNet classifier and drop the fully
-connected layers (SPEC section 1): AlexNet and VGG16 keep ``features`` (ending with the last max
+connected layers (docs/definitions.md §1): AlexNet and VGG16 keep ``features`` (ending with the last max
 pooling: 256 and 512 channels, stride 32), ResNet50/101 keep everything before the global
 average pooling (``conv1`` ... ``layer4``: 2048 channels, stride 32).
 
