@@ -199,3 +199,15 @@ def test_h5_without_h5py_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_h5py)
     with pytest.raises(RkitError, match=r"retrievalkit\[hloc\]"):
         write_global_features(Path(tmp_path / "g.h5"), ["a"], np.zeros((1, 2)))
+
+
+def test_rkit_sfm_rejects_an_unknown_pair_source_before_any_work(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    (tmp_path / "photos").mkdir()
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "photos" / f"{k}.png")
+    with pytest.raises(SystemExit) as exc:
+        run("sfm", tmp_path / "photos", "--out", tmp_path / "out", "--pairs", "retrieval", "--pairs", "nosuch.txt")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Error: --pairs 'nosuch.txt' is neither" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "colmap.db").exists()
