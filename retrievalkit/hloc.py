@@ -10,7 +10,8 @@ names relative to the image folder (``/``-separated, no spaces). For retrieval, 
 ``name1`` is followed by its ``num_matched`` best database images ``name2`` in rank order, an
 image never paired with itself (hloc masks the entries whose names are equal). hloc joins the
 lines with ``\\n`` and ends without one; readers here accept either, ignore blank lines and
-``#`` comments.
+``#`` comments. (hloc's script also drops matches whose similarity is below 0; we keep the
+rank order only, so with signed descriptors, e.g. after whitening, a few more pairs may appear.)
 
 **global features** (``hloc.extract_features`` with a global model such as NetVLAD): an HDF5
 file with one group per image name (a name containing ``/`` becomes nested groups, as h5py's
