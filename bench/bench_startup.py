@@ -11,12 +11,17 @@ wall time and the median peak resident memory (``ru_maxrss`` of that process, fr
   timing is the work, not plugin start-up.
 
 Every command runs with ``RKIT_CACHE`` in a temporary folder (cold runs get a new empty one each
-time). ``--baseline RKIT`` runs the same commands with another ``rkit`` executable (e.g. the
-main checkout's, before this change) interleaved with this one, so the two columns are measured
-under the same load and their ratio is meaningful even on a busy machine:
+time), from a temporary working folder. ``--baseline-source DIR`` runs the same commands with
+another version of the code (a folder holding its ``retrievalkit/`` and ``plugins/``, run with
+this interpreter through ``PYTHONPATH``), interleaved with this one, so the two columns are
+measured under the same load and their ratio is meaningful even on a busy machine:
 
-    python bench/bench_startup.py --repeats 5 --baseline /work/main/.venv/bin/rkit \\
-        --out docs/bench-sections/07-startup-table.md
+    git archive f0abd72 retrievalkit plugins | (mkdir -p /tmp/rkit-before && tar -x -C /tmp/rkit-before)
+    nice -n 10 python bench/bench_startup.py --repeats 3 --baseline-source /tmp/rkit-before \\
+        --out /tmp/startup-table.md
+
+(``f0abd72`` is main just before the start-up change.) ``--baseline RKIT`` takes an ``rkit``
+executable instead (its ``python -m retrievalkit`` row uses the ``python`` beside it).
 """
 
 from __future__ import annotations
@@ -130,19 +135,35 @@ def reported_fit_lines(tools: dict[str, tuple[str, str]], work: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def baseline_wrappers(source: Path, work: Path) -> Path:
+    """``rkit`` and ``python`` scripts running the code in ``source`` with this interpreter."""
+    path = os.pathsep.join([str(source.resolve()), str((source / "plugins").resolve())])
+    folder = work / "baseline-bin"
+    folder.mkdir()
+    run_rkit = "import sys; from retrievalkit.cli import main; sys.argv[0] = 'rkit'; sys.exit(main())"
+    for name, tail in (("python", '"$@"'), ("rkit", f'-c "{run_rkit}" "$@"')):
+        script = folder / name
+        script.write_text(f'#!/bin/sh\nPYTHONPATH="{path}" exec "{sys.executable}" {tail}\n')
+        script.chmod(0o755)
+    return folder / "rkit"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="fresh processes per command and tool")
     parser.add_argument("--baseline", help="another rkit executable to measure side by side (e.g. before)")
+    parser.add_argument("--baseline-source", type=Path,
+                        help="a folder with another version's retrievalkit/ and plugins/ to measure side by side")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
     here = Path(sys.executable).parent
     tools = {"this": (str(here / "rkit"), sys.executable)}
-    if args.baseline:
-        baseline = Path(args.baseline)
-        tools = {"baseline": (str(baseline), str(baseline.parent / "python")), **tools}
     with tempfile.TemporaryDirectory(prefix="rkit-bench-startup-") as tmp:
         work = Path(tmp)
+        os.chdir(work)  # `python -m retrievalkit` must not pick up a checkout in the current folder
+        baseline = baseline_wrappers(args.baseline_source, work) if args.baseline_source else args.baseline
+        if baseline:
+            tools = {"before": (str(baseline), str(Path(baseline).parent / "python")), **tools}
         write_descriptors(work / "d.npz")
         load = os.getloadavg()
         results = measure(tools, args.repeats, work)

@@ -260,7 +260,9 @@ def load_revisited(data_root: str | Path, name: str, *, require_images: bool = T
     root = dataset_root(data_root, name)
     gnd_path = root / f"gnd_{name}.pkl"
     if not gnd_path.is_file():
-        hint = (f"download {name} (gnd_{name}.pkl and the jpg/ folder) into {root}"
+        hint = (f"download {name} with `rkit data download {name} --root {data_root}` (gnd_{name}.pkl "
+                f"and the jpg/ folder go into {root})" if name in ("roxford5k", "rparis6k") else
+                f"download {name} (gnd_{name}.pkl and the jpg/ folder) into {root}"
                 if name in KNOWN_DATASETS else
                 f"check the name (known: {', '.join(KNOWN_DATASETS)}) and --data-root")
         raise RkitError(f"ground-truth file {gnd_path} not found: {hint}")

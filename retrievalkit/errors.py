@@ -32,6 +32,10 @@ class OutputPathError(RkitError):
     """An output path that would destroy an input or a folder the toolkit did not create."""
 
 
+class DiskFullError(RkitError):
+    """No space left (or quota exceeded) while writing an output; the old output is intact."""
+
+
 class Interrupted(RkitError):
     """A long command stopped by Ctrl-C or SIGTERM after saving what it could.
 

@@ -394,7 +394,8 @@ def evaluate_descriptors(descriptors: DescriptorSet, labels: Sequence[Hashable] 
 
 def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries: DescriptorSet, *,
                      ks: Sequence[int] = DEFAULT_KS, settings: Sequence[str] | None = None,
-                     top: int = RANKINGS_TOP) -> Evaluation:
+                     top: int = RANKINGS_TOP, distractors: DescriptorSet | None = None,
+                     distractor_index: str = "flat") -> Evaluation:
     """Evaluate a revisited (or classic) Oxford/Paris dataset (``rkit eval --dataset NAME``).
 
     Descriptors are matched to the dataset by file name (:meth:`RevisitedDataset.match`), in any
@@ -405,6 +406,8 @@ def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries
         dataset: the ground truth (:func:`retrievalkit.datasets.load_revisited`).
         database: descriptors of the dataset's images.
         queries: descriptors of its queries, cropped to their boxes.
+        distractors: descriptors added to the database, never relevant (R1M protocol,
+            :mod:`retrievalkit.distractors`), searched with a faiss ``distractor_index``.
 
     Raises:
         RkitError: no descriptor matches an image (or a query) of the dataset.
@@ -425,13 +428,23 @@ def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries
              f"queries have no descriptor: missing images count as never retrieved, missing queries are "
              f"left out"] if missing_db or missing_q else []
     started = time.perf_counter()
-    results = evaluate_revisited(dataset, queries.descriptors[query_rows], database.descriptors[database_rows],
-                                 query_ids=query_ids, database_ids=database_ids, settings=settings, ks=ks, top=top)
+    if distractors is None:
+        results = evaluate_revisited(dataset, queries.descriptors[query_rows], database.descriptors[database_rows],
+                                     query_ids=query_ids, database_ids=database_ids, settings=settings, ks=ks, top=top)
+    else:   # the R1M protocol: retrievalkit/distractors.py
+        from .distractors import evaluate_distractor_set
+
+        results, extra = evaluate_distractor_set(dataset, queries.descriptors[query_rows],
+                                                 database.descriptors[database_rows], distractors, query_ids,
+                                                 database_ids, ks=ks, index=distractor_index)
     seconds = time.perf_counter() - started
     protocol = "revisited" if dataset.is_revisited else "classic"
     info = {"dataset": dataset.name, "images": len(dataset.images), "queries": len(dataset.queries),
             "dim": database.dim, "missing_images": missing_db, "missing_queries": missing_q}
     meta = {"dataset": dataset.name, "query_crops": [list(b) if b else None for b in dataset.boxes],
             "descriptors_meta": database.meta}
-    return Evaluation(protocol, results, info, dataset.query_paths(), dataset.image_paths(),
+    database_paths = dataset.image_paths()
+    if distractors is not None:
+        info["distractors"], database_paths = extra["count"], database_paths + extra["paths"]
+    return Evaluation(protocol, results, info, dataset.query_paths(), database_paths,
                       root=str(dataset.image_dir), meta=meta, notes=notes, seconds=seconds)

@@ -99,7 +99,12 @@ def build_model(config: ModelConfig, host: PluginHost | None = None) -> Retrieva
 
 def load_model(directory: str | Path, host: PluginHost | None = None,
                map_location: str | torch.device = "cpu") -> RetrievalModel:
-    """Load a model saved by :meth:`RetrievalModel.save` (e.g. the output of ``rkit train``)."""
+    """Load a model saved by :meth:`RetrievalModel.save` (e.g. the output of ``rkit train``), or an
+    authors'-format network (a published name or ``.pth`` file, :mod:`retrievalkit.published`)."""
+    from .published import is_published_model, load_published_model
+
+    if is_published_model(directory):
+        return load_published_model(directory, host).to(map_location)
     directory = Path(directory)
     meta_path, weights_path = directory / "model.json", directory / "weights.pt"
     if not meta_path.is_file() or not weights_path.is_file():

@@ -27,7 +27,8 @@ def save_npz(path: str | Path, meta: dict[str, Any], format_version: int,
     """Write ``arrays`` and ``meta`` (with ``format_version``) to ``path`` atomically."""
     path = Path(path)
     meta = {"format_version": format_version, **meta}
-    with atomic_path(path, suffix=".npz") as tmp:
+    size = sum(np.asarray(a).nbytes for a in arrays.values())
+    with atomic_path(path, suffix=".npz", size_hint=size) as tmp:
         np.savez(tmp, **arrays, meta=np.asarray(json.dumps(meta, default=json_default)))
     return path
 

@@ -20,7 +20,7 @@ import click
 
 from ..config import add_config_option, config_option
 from ..errors import Interrupted, RkitError, RkitWarning
-from ..interrupt import install_sigterm_handler
+from ..interrupt import install_sigterm_handler, remember_command_line
 
 #: printed for an interruption of a command that did not say what it kept
 INTERRUPTED_MESSAGE = ("Interrupted. Outputs already finished are kept (every file is written "
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> Any:
     interruption a generic line; both exit with status 130.
     """
     install_sigterm_handler()
+    remember_command_line(sys.argv[1:] if argv is None else argv)
     try:
         return cli.main(args=argv, prog_name="rkit", standalone_mode=False)
     except Interrupted as exc:
@@ -124,3 +125,14 @@ def main(argv: list[str] | None = None) -> Any:
     except RkitError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # the system refused a read or write: not a bug of the toolkit
+        click.echo(f"Error: {os_error_message(exc)}", err=True)
+        sys.exit(2)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: the file(s), what the system said, what to check."""
+    files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    what = exc.strerror or str(exc)
+    return (f"{files}: {what}" if files else what) + (
+        ". Check the path, its permissions and the free disk space, then run the command again.")

@@ -18,6 +18,7 @@ from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..evaluate import DEFAULT_KS, Evaluation, evaluate_dataset, evaluate_descriptors
+from ..outputs import check_output_path
 from .options import ModelOptions, echo_warnings, extract_with_options, model_options
 
 
@@ -83,7 +84,9 @@ def _extract(options: ModelOptions, paths: list[str], root: Path, save: Path | N
               help="A revisited-layout benchmark: roxford5k, rparis6k (or classic oxford5k, paris6k), read "
                    "from DATA_ROOT/NAME/gnd_NAME.pkl and DATA_ROOT/NAME/jpg/.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
-              show_default=True, help="Folder holding the --dataset folders.")
+              envvar="RKIT_DATA", show_default=True,
+              help="Folder holding the --dataset folders (default: $RKIT_DATA, else ./data); "
+                   "`rkit data download` fills it.")
 @click.option("--query-descriptors", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="With --dataset and a SOURCE descriptors file: descriptors of the cropped queries "
                    "(as written by --save-descriptors), instead of extracting them.")
@@ -97,10 +100,15 @@ def _extract(options: ModelOptions, paths: list[str], root: Path, save: Path | N
 @click.option("--save-descriptors", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Keep the extracted descriptors in this .npz (with --dataset the queries go to "
                    "NAME.queries.npz beside it); extraction resumes from a partial file after an interruption.")
+@click.option("--distractors", default=None, metavar="NAME",
+              help="With --dataset: add a distractor set to the database, e.g. revisitop1m (R1M protocol; "
+                   "described once per model and cached under DATA_ROOT/NAME/descriptors).")
+@click.option("--distractor-index", default="flat", show_default=True, metavar="KIND[:nlist=N:pq_m=M:nprobe=P]",
+              help="faiss index for --distractors, as in rkit search: flat, ivf, ivfpq (e.g. ivfpq:nlist=8192:pq_m=64).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def command(source: Path | None, dataset: str | None, data_root: Path, query_descriptors: Path | None,
             model_options: ModelOptions, ks_text: str, as_json: bool, save_rankings: Path | None,
-            save_descriptors: Path | None, progress: bool) -> None:
+            save_descriptors: Path | None, distractors: str | None, distractor_index: str, progress: bool) -> None:
     """Evaluate retrieval: mAP and mP@k (revisited-protocol AP, docs/definitions.md).
 
     \b
@@ -113,6 +121,11 @@ def command(source: Path | None, dataset: str | None, data_root: Path, query_des
       rkit eval rox.npz --dataset roxford5k --data-root data --query-descriptors rox.queries.npz
     """
     ks = parse_ks(ks_text)
+    inputs = [source, query_descriptors, data_root / dataset if dataset else None,
+              model_options.model_dir, model_options.whitening_file]
+    for option, path in (("--save-rankings", save_rankings), ("--save-descriptors", save_descriptors)):
+        if path is not None:
+            check_output_path(path, inputs, option=option)
     started = time.perf_counter()
     if dataset is None:
         if source is None:
@@ -120,11 +133,19 @@ def command(source: Path | None, dataset: str | None, data_root: Path, query_des
                             "or --dataset NAME --data-root DIR")
         if query_descriptors is not None:
             raise RkitError("--query-descriptors needs --dataset (a folder collection uses every image as a query)")
+        if distractors is not None:
+            raise RkitError("--distractors needs --dataset (e.g. --dataset roxford5k --distractors revisitop1m)")
         evaluation = evaluate_descriptors(_folder(source, model_options, save_descriptors, progress),
                                           ks=ks, source=str(source))
     else:
-        evaluation = evaluate_dataset(*_revisited(source, dataset, data_root, query_descriptors, model_options,
-                                                  save_descriptors, progress), ks=ks)
+        described = _revisited(source, dataset, data_root, query_descriptors, model_options, save_descriptors,
+                               progress)
+        extra = None
+        if distractors is not None:   # R1M protocol: retrievalkit/distractors.py
+            from .distractors import describe_distractors
+
+            extra = describe_distractors(distractors, data_root, model_options, described[1].meta, progress)
+        evaluation = evaluate_dataset(*described, ks=ks, distractors=extra, distractor_index=distractor_index)
     for note in evaluation.notes:
         click.echo(f"Warning: {note}", err=True)
     _output(evaluation, time.perf_counter() - started, as_json, save_rankings)

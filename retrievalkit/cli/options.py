@@ -186,8 +186,10 @@ _OPTIONS: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (
                  help="Pooling component and options: mac, spoc, spoc:center_prior=false, gem, gem:p=4 ... "
                       "Default gem: the best off-the-shelf pooling (docs/definitions.md); `rkit train` "
                       "defaults to mac, the pooling the paper fine-tunes, and a trained --model keeps its own."),
-    click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                 help="A saved model directory (from `rkit train`); replaces --backbone/--pooling/--weights."),
+    click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+                 help="A saved model directory (from `rkit train`), a published network by name "
+                      "(retrievalSfM120k-resnet101-gem, rSfM120k-tl-resnet101-gem-w, gl18-tl-resnet101-gem-w ...; "
+                      "downloaded once) or its .pth file [:lw=ss|ms|none]; replaces --backbone/--pooling/--weights."),
     click.option("--whitening", "whitening_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="A fitted whitening file (from `rkit whiten fit`), applied to the descriptors."),
     click.option("--image-size", type=click.IntRange(min=1), default=DEFAULT_IMAGE_SIZE, show_default=True,

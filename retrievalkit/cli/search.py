@@ -21,6 +21,7 @@ from ..errors import RkitError
 from ..index import INDEX_KINDS, build_index
 from ..index import load_index as read_index_file
 from ..index import save_index as write_index_file
+from ..outputs import check_output_path
 from ..search import FORMATS, format_results, load_queries, search_database
 from .options import ModelOptions, echo_warnings, extract_with_options, model_options
 
@@ -95,6 +96,11 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
     rkit search db.npz q.npz --load-index db.ivfpq --nprobe 32
     rkit search db.npz db.npz --format hloc-pairs --num-matched 20 --out pairs.txt   (for hloc / rkit sfm --pairs)
     """
+    inputs = [database_file, load_index, model_options.model_dir, model_options.whitening_file,
+              *(Path(q) for q in query_specs)]
+    for option, path in (("--out", out), ("--save-index", save_index)):
+        if path is not None:
+            check_output_path(path, inputs, option=option)
     database = DescriptorSet.load(database_file)
     if not query_specs and save_index is None:
         raise RkitError("no queries given: name descriptors files or images after DATABASE "

@@ -18,8 +18,9 @@ _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSou
 
 
 @click.command("train")
-@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Training database: an `rkit sfm` output folder or a retrieval-SfM db.pkl. "
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Training database: an `rkit sfm` output folder, a retrieval-SfM db.pkl, or a downloaded "
+                   "set by name (retrieval-sfm-120k, retrieval-sfm-30k under $RKIT_DATA). "
                    "Omitted: the embedded synthetic set (built once, cached in $RKIT_CACHE, default ~/.cache/retrievalkit).")
 @click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the images of a db.pkl.")
@@ -83,6 +84,9 @@ def command(ctx: click.Context, resume: bool, **options: object) -> None:
     rkit train --data runs/sfm --val photos/ --miner m3 --negatives n2 --epochs 10
     rkit train --run-dir runs/train --resume        (after an interruption)
     """
+    from ..outputs import check_output_path
+
+    check_output_path(options["run_dir"], [options[k] for k in ("data", "images_root", "val")], option="--run-dir")
     from ..train import read_saved_config, train  # torch: only once the command runs
 
     values = {key: (str(value) if isinstance(value, Path) else value) for key, value in options.items()}
@@ -90,6 +94,9 @@ def command(ctx: click.Context, resume: bool, **options: object) -> None:
         saved = read_saved_config(values["run_dir"])
         given = {key for key in values if ctx.get_parameter_source(key) in _GIVEN}
         values = {**saved, **{key: values[key] for key in given}, "run_dir": values["run_dir"]}
+    from ..datafetch import resolve_training_data
+
+    values["data"], values["images_root"] = resolve_training_data(values.get("data"), values.get("images_root"))
     config = TrainConfig.from_dict(values)
     write_config: Callable[[], None] | None = None
     if not resume:

@@ -15,6 +15,7 @@ from ..config import write_resolved_config
 from ..datasets import read_labels  # noqa: F401 (was defined here)
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
+from ..outputs import check_output_path
 from ..whitening import DEFAULT_MAX_PAIRS, FittedWhitening, WhiteningData, fit_whitening, read_pairs_file
 from .common import echo_warnings, renamed_option
 from .options import component_callback
@@ -55,6 +56,8 @@ def fit_command(descriptors: Path, method: str, dim: int | None, labels_spec: st
     DESCRIPTORS is a file written by `rkit extract`. `pca` needs nothing else; `learned` needs
     --labels or --pairs. See docs/whitening.md.
     """
+    label_file = Path(labels_spec) if labels_spec not in (None, "folder") else None
+    check_output_path(out, [descriptors, label_file, pairs_file])
     start = time.perf_counter()
     dset = DescriptorSet.load(descriptors)
     if dset.meta.get("whitening"):
@@ -97,6 +100,7 @@ def apply_command(descriptors: Path, whitening_file: Path | None, out: Path) -> 
     """
     if whitening_file is None:
         raise RkitError("give the fitted whitening to apply: --whitening FILE (from `rkit whiten fit`)")
+    check_output_path(out, [descriptors, whitening_file])
     start = time.perf_counter()
     fitted = FittedWhitening.load(whitening_file)
     dset = DescriptorSet.load(descriptors)
