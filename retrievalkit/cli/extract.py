@@ -40,15 +40,15 @@ def command(source: Path, model_options: ModelOptions, out: Path, out_format: st
     rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whitening lw.npz
     rkit extract photos/ --format h5 --out global-feats.h5          (hloc's global features)
     """
-    check_output_path(out, [source, model_options.model_dir, model_options.whitening_file])
-    from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent  # torch: on use
-
     if out_format == "h5":
         from ..hloc import require_h5py
 
         require_h5py()  # before the extraction, not after it
         if click.get_current_context().get_parameter_source("out") == click.core.ParameterSource.DEFAULT:
             out = out.with_suffix(".h5")
+    check_output_path(out, [source, model_options.model_dir, model_options.whitening_file])
+    from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent  # torch: on use
+
     root, paths = list_images(source)
     model, whitening = model_options.build()
     checkpoint = partial_path(out)
