@@ -127,8 +127,15 @@ def to_json(results: SearchResults) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def to_hloc_pairs(results: SearchResults) -> str:
+    """hloc's pairs-from-retrieval file (:func:`retrievalkit.hloc.results_to_pairs_text`)."""
+    from .hloc import results_to_pairs_text
+
+    return results_to_pairs_text(results)
+
+
 #: format name -> writer; ``rkit search --format`` offers every key
-FORMATS: dict[str, Callable[[SearchResults], str]] = {"tsv": to_tsv, "json": to_json}
+FORMATS: dict[str, Callable[[SearchResults], str]] = {"tsv": to_tsv, "json": to_json, "hloc-pairs": to_hloc_pairs}
 
 
 def format_results(results: SearchResults, out_format: str = "tsv") -> str:
