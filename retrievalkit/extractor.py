@@ -182,7 +182,15 @@ def _write_npz(out: Path, descriptors: Any, paths: list[str], meta: dict[str, An
     return DescriptorSet(descriptors, paths, meta).save(out)
 
 
+def _write_h5(out: Path, descriptors: Any, paths: list[str], meta: dict[str, Any]) -> Path:
+    """hloc's global-feature HDF5 (:mod:`retrievalkit.hloc`); image sizes read from ``meta['root']``."""
+    from .hloc import raw_image_sizes, write_global_features
+
+    return write_global_features(out, paths, descriptors, raw_image_sizes(meta.get("root"), paths), meta=meta)
+
+
 WRITERS["npz"] = _write_npz
+WRITERS["h5"] = _write_h5
 
 
 def write_descriptors(out: str | Path, result: ExtractionResult, meta: dict[str, Any], fmt: str = "npz") -> Path:

@@ -20,6 +20,10 @@ _SHOWN_FAILURES = 20
 @model_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("descriptors.npz"),
               show_default=True, help="Descriptors file to write (.npz); with --shard, the shard file.")
+@click.option("--format", "out_format", type=click.Choice(["npz", "h5"]), default="npz", show_default=True,
+              help="npz: retrievalkit's descriptors file; h5: hloc's global-feature HDF5 (one group per "
+                   "image name with 'global_descriptor'; needs h5py: pip install \"retrievalkit[hloc]\"). "
+                   "With h5 the default --out is descriptors.h5.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Keep partial results in OUT-stem.partial.npz and continue from them after an interruption.")
 @click.option("--checkpoint-every", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
@@ -27,8 +31,8 @@ _SHOWN_FAILURES = 20
 @click.option("--shard", default=None, metavar="K/N",
               help="Compute only shard K of N (e.g. 2/4) and write it to --out; `rkit merge` joins the N shards.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, checkpoint_every: float,
-            shard: str | None, progress: bool) -> None:
+def command(source: Path, model_options: ModelOptions, out: Path, out_format: str, resume: bool,
+            checkpoint_every: float, shard: str | None, progress: bool) -> None:
     """Extract global descriptors of the images in SOURCE.
 
     SOURCE is a folder (searched recursively, following symbolic links) or a text file with one
@@ -40,13 +44,22 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
     rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whitening lw.npz
     rkit extract photos/ --shard 1/2 --out part1.npz   (then: rkit merge part1.npz part2.npz --out all.npz)
     torchrun --nproc-per-node 2 -m retrievalkit extract photos/ --out photos.npz
+    rkit extract photos/ --format h5 --out global-feats.h5          (hloc's global features)
     """
+    if out_format == "h5":
+        from ..hloc import require_h5py
+
+        require_h5py()  # before the extraction, not after it
+        if click.get_current_context().get_parameter_source("out") == click.core.ParameterSource.DEFAULT:
+            out = out.with_suffix(".h5")
     check_output_path(out, [source, model_options.model_dir, model_options.whitening_file])
     from ..extractor import Extractor, failure_lines, require_some, write_descriptors  # torch: on use
     from ..images import list_images
     from ..shards import is_writer, launched_by_torchrun, parse_shard
 
     share = parse_shard(shard) if shard is not None else None
+    if share is not None and out_format != "npz":
+        raise RkitError("--shard writes a shard file: give --format to `rkit merge` instead")
     if share is not None and launched_by_torchrun():
         raise RkitError("--shard and torchrun both split the images: use one of them")
     root, paths = list_images(source)
@@ -66,7 +79,7 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
     if not is_writer():
         return
     require_some(result, len(paths))
-    write_descriptors(out, result, extractor.meta(result, root=root, source=str(source)))
+    write_descriptors(out, result, extractor.meta(result, root=root, source=str(source)), fmt=out_format)
     write_resolved_config(out)  # OUT.rkit-config.toml: the options this ran with
     click.echo(f"extracted {extractor.summary(result, len(paths))}; wrote {out}")
     if result.failed:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..atomic import write_text_atomic
 from ..config import write_resolved_config
@@ -32,26 +31,21 @@ def _queries(specs: tuple[str, ...], database: DescriptorSet, options: ModelOpti
     from ..extract import list_images
 
     files = [spec for spec in specs if Path(spec).suffix.lower() == ".npz"]
-    queries = load_queries(files, dim=database.dim)
+    sets = [DescriptorSet.load(f) for f in files]          # read (and checked) before any extraction
     image_paths: list[str] = []
     for spec in specs:
         if spec not in files:
             root, paths = list_images(Path(spec))
             image_paths.extend(str(root / p) for p in paths)
     if not image_paths:
-        return queries
+        return load_queries(sets, dim=database.dim)
     if not database.meta.get("model") and not ({"model", "backbone", "pooling"} & options.typed):
         raise RkitError("the database file does not say which model described it, so query images cannot be "
                         "described the same way: give --model DIR or --backbone/--pooling/--weights "
                         "(and --image-size, --scales, --whitening) as used for the database")
     options = ModelOptions.from_descriptor_meta(database.meta, base=options)
     result, _ = extract_with_options(options, image_paths, root=None, progress=progress, what="query images")
-    described = DescriptorSet(result.descriptors, result.paths)
-    if described.dim != database.dim:
-        raise RkitError(f"query descriptors are {described.dim}-D but the database is {database.dim}-D: describe "
-                        f"queries and database with the same model and whitening")
-    return DescriptorSet(np.concatenate([queries.descriptors, described.descriptors]),
-                         queries.paths + described.paths)
+    return load_queries([*sets, DescriptorSet(result.descriptors, result.paths)], dim=database.dim)
 
 
 @click.command("search")
@@ -72,14 +66,18 @@ def _queries(specs: tuple[str, ...], database: DescriptorSet, options: ModelOpti
 @click.option("--load-index", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Use an index written by --save-index for this DATABASE instead of building one.")
 @click.option("--format", "out_format", type=click.Choice(list(FORMATS)), default="tsv", show_default=True,
-              help="tsv: query, rank, score, path per line (with a header); json: one document.")
+              help="tsv: query, rank, score, path per line (with a header); json: one document; hloc-pairs: "
+                   "'query match' per line, hloc's pairs-from-retrieval file (no self-matches).")
+@click.option("--num-matched", type=click.IntRange(min=1), default=None,
+              help="With --format hloc-pairs: matches per query (default: -k).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results here (atomically) instead of to standard output.")
 @model_options
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kind: str, nlist: int | None,
             pq_m: int | None, nprobe: int | None, save_index: Path | None, load_index: Path | None,
-            out_format: str, out: Path | None, model_options: ModelOptions, progress: bool) -> None:
+            out_format: str, num_matched: int | None, out: Path | None, model_options: ModelOptions,
+            progress: bool) -> None:
     """Search DATABASE (a descriptors file) for each of QUERIES.
 
     A query is a descriptors file (.npz), an image, a folder of images or a text file listing
@@ -90,6 +88,7 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
     rkit search db.npz photo.jpg other/ --image-size 448
     rkit search db.npz --index ivfpq --nlist 4096 --pq-m 32 --save-index db.ivfpq   (build once)
     rkit search db.npz q.npz --load-index db.ivfpq --nprobe 32
+    rkit search db.npz db.npz --format hloc-pairs --num-matched 20 --out pairs.txt   (for hloc / rkit sfm --pairs)
     """
     inputs = [database_file, load_index, model_options.model_dir, model_options.whitening_file,
               *(Path(q) for q in query_specs)]
@@ -122,10 +121,12 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
         click.echo(f"wrote index to {save_index}", err=True)
     if not query_specs:
         return
+    info = {"database": str(database_file), "k": k, "index": type(index).__name__ if load_index else index_kind}
+    if out_format == "hloc-pairs":  # one more, as the query itself is dropped when in the database
+        info["num_matched"] = num_matched or k
+        k = min(info["num_matched"] + 1, len(database))
     started = time.perf_counter()
-    results = search_database(database, queries, k, index=index, nprobe=nprobe,
-                              info={"database": str(database_file), "k": k,
-                                    "index": type(index).__name__ if load_index else index_kind})
+    results = search_database(database, queries, k, index=index, nprobe=nprobe, info=info)
     click.echo(f"searched {len(queries)} queries in {time.perf_counter() - started:.3f} s", err=True)
     text = format_results(results, out_format)
     if out is None:
