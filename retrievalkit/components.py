@@ -25,10 +25,10 @@ from typing import Any
 
 from .errors import ComponentOptionError
 
-#: The five kinds of component; each has one hook specification in :mod:`retrievalkit.hookspecs`.
-KINDS: tuple[str, ...] = ("backbone", "pooling", "whitening", "miner", "loss")
+#: The six kinds of component; each has one hook specification in :mod:`retrievalkit.hookspecs`.
+KINDS: tuple[str, ...] = ("backbone", "pooling", "whitening", "miner", "loss", "reranker")
 PLURAL: dict[str, str] = {"backbone": "backbones", "pooling": "poolings", "whitening": "whitenings",
-                          "miner": "miners", "loss": "losses"}
+                          "miner": "miners", "loss": "losses", "reranker": "rerankers"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import RkitError
-from .index import rank_all
+from .rerank import rank as rerank_rank
 
 if TYPE_CHECKING:
     from .datasets import RevisitedDataset
@@ -260,12 +260,13 @@ def folder_labels(paths: Sequence[str | PurePath]) -> list[str]:
 
 def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashable], *,
                                ks: Sequence[int] = DEFAULT_KS, names: Sequence[str] | None = None,
-                               top: int = RANKINGS_TOP) -> EvaluationResult:
+                               top: int = RANKINGS_TOP, rerank: str | None = None) -> EvaluationResult:
     """Every image is a query once against all the others (SPEC section 5).
 
     The positives of image ``i`` are the other images with the same label; ``i`` itself is left
     out of its ranking, so rankings are ``(N, N - 1)``. Images alone in their class have no
     positives and are left out of the means. ``per_class_ap`` gives the mean AP per label.
+    ``rerank``: a re-ranking chain such as ``dba+aqe`` (:mod:`retrievalkit.rerank`).
     """
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     if descriptors.ndim != 2 or descriptors.shape[0] != len(labels):
@@ -281,7 +282,7 @@ def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashabl
             "every image is alone in its class, so no query has a positive: put the images of "
             "one place in one folder (labels come from the parent folder name)"
         )
-    rankings = rank_all(descriptors, descriptors, exclude_self=True)
+    rankings = rerank_rank(descriptors, descriptors, rerank, exclude_self=True)
     is_positive = codes[rankings] == codes[:, None]
     names = list(names) if names is not None else [str(i) for i in range(len(labels))]
     result = _result(rankings, is_positive, None, counts[codes] - 1, ks, names, "all",
@@ -323,7 +324,7 @@ def evaluate_rankings(rankings: np.ndarray, positives: Sequence[Sequence[int]],
 def evaluate_revisited(dataset: RevisitedDataset, queries: np.ndarray, database: np.ndarray, *,
                        query_ids: Sequence[int] | None = None, database_ids: Sequence[int] | None = None,
                        settings: Sequence[str] | None = None, ks: Sequence[int] = DEFAULT_KS,
-                       top: int = RANKINGS_TOP) -> dict[str, EvaluationResult]:
+                       top: int = RANKINGS_TOP, rerank: str | None = None) -> dict[str, EvaluationResult]:
     """Evaluate a revisited (or classic) Oxford/Paris-style dataset, one result per setting.
 
     Args:
@@ -334,6 +335,7 @@ def evaluate_revisited(dataset: RevisitedDataset, queries: np.ndarray, database:
             subset ``database_ids``.
         settings: which settings; default all the ground truth supports
             (:meth:`RevisitedDataset.settings`).
+        rerank: a re-ranking chain such as ``dba+aqe`` (:mod:`retrievalkit.rerank`).
     """
     n_images, n_queries = len(dataset.images), len(dataset.queries)
     query_ids = np.arange(n_queries) if query_ids is None else np.asarray(query_ids, dtype=np.int64)
@@ -346,7 +348,7 @@ def evaluate_revisited(dataset: RevisitedDataset, queries: np.ndarray, database:
             f"{len(query_ids)} queries and {len(database_ids)} images given: extract them from the "
             f"dataset's query and image lists"
         )
-    local = rank_all(database, queries)                               # rows of `database`
+    local = rerank_rank(database, queries, rerank)                    # rows of `database`
     width = local.shape[1]
     rankings = np.full((n_queries, width), -1, dtype=np.int64)
     rankings[query_ids] = database_ids[local]

@@ -1,4 +1,4 @@
-"""The five hook specifications: one per kind of component.
+"""The six hook specifications: one per kind of component.
 
 A plugin is a module (or object) with functions marked ``@retrievalkit.hookimpl`` whose names are
 the hooks below. Each hook returns a list of :class:`retrievalkit.Component`; the core calls every
@@ -85,6 +85,23 @@ def rkit_losses() -> list[Component]:
     ``embeddings`` ``(M, D)`` L2-normalised descriptors and ``tuples`` a ``LongTensor``
     ``(T, 2 + N)`` whose rows are ``(query, positive, negative_1 .. negative_N)`` row indices
     into ``embeddings``; it returns a scalar (the sum over tuples, SPEC section 3).
+    """
+
+
+@hookspec
+def rkit_rerankers() -> list[Component]:
+    """Re-rankers: change the descriptors a search compares, then search again (:mod:`retrievalkit.rerank`).
+
+    The factory takes the re-ranker's options (the built-ins: ``k``, ``alpha``) and returns an
+    object with one or both of::
+
+        augment_database(database (N, D), neighbours) -> (N, D)         database side (DBA)
+        expand_queries(queries (Q, D), neighbours, self_rows) -> (Q, D)  query side (alpha-QE)
+
+    ``neighbours(vectors, k, self_rows=None) -> (scores, ids)`` is the exact top ``k`` in the
+    current database (``neighbours.database``), leaving out row ``self_rows[i]`` for vector ``i``
+    when given (the vector is that database row). Returned rows
+    must be L2-normalised float32. Database-side results are cached per database and options.
     """
 
 
