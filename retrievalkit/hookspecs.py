@@ -99,8 +99,8 @@ def rkit_rerankers() -> list[Component]:
         expand_queries(queries (Q, D), neighbours, self_rows) -> (Q, D)  query side (alpha-QE)
 
     ``neighbours(vectors, k, self_rows=None) -> (scores, ids)`` is the exact top ``k`` in the
-    current database (``neighbours.database``), leaving out row ``self_rows[i]`` for vector ``i``
-    when given (the vector is that database row). Returned rows
+    current database, leaving out row ``self_rows[i]`` for vector ``i`` when given (the vector
+    is that database row); ``neighbours.rows(ids)`` gives those database vectors. Returned rows
     must be L2-normalised float32. Database-side results are cached per database and options.
     """
 

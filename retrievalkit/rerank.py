@@ -55,16 +55,19 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def weighted_expansion(vectors: np.ndarray, database: np.ndarray, scores: np.ndarray, ids: np.ndarray,
+def weighted_expansion(vectors: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, ids: np.ndarray,
                        alpha: float) -> np.ndarray:
-    """``normalise(v + sum_i max(s_i, 0)^alpha x_i)`` per row (the module docstring's formula)."""
+    """``normalise(v + sum_i max(s_i, 0)^alpha x_i)`` per row (the module docstring's formula).
+
+    ``neighbours`` ``(Q, k, D)`` are the vectors ``x_i`` of ``ids`` ``(Q, k)`` (``-1``: none,
+    weight 0) with similarities ``scores``.
+    """
     weights = np.where(ids < 0, 0.0, np.maximum(scores, 0.0) ** alpha).astype(np.float32)
-    gathered = np.asarray(database)[np.maximum(ids, 0)]                    # (Q, k, D)
-    return l2_normalise(vectors + np.einsum("qk,qkd->qd", weights, gathered))
+    return l2_normalise(np.asarray(vectors, np.float32) + np.einsum("qk,qkd->qd", weights, neighbours))
 
 
 class Neighbours:
-    """Exact top-``k`` search in ``database`` (faiss flat inner product); ``.database`` is the matrix."""
+    """Exact top-``k`` search in ``database`` (faiss flat inner product) and row look-up."""
 
     def __init__(self, database: np.ndarray) -> None:
         from .index import build_index
@@ -72,17 +75,37 @@ class Neighbours:
         self.database = np.ascontiguousarray(database, dtype=np.float32)
         self.index = build_index(self.database)
 
-    def __call__(self, vectors: np.ndarray, k: int, self_rows: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def _top(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         from .index import search
 
-        scores, ids = search(self.index, vectors, k + (self_rows is not None))
+        return search(self.index, vectors, k)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The database vectors of ``ids`` (``ids.shape + (D,)``; -1 gives row 0, weight it 0)."""
+        return self.database[np.maximum(ids, 0)]
+
+    def __call__(self, vectors: np.ndarray, k: int, self_rows: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self._top(vectors, k + (self_rows is not None))
         if self_rows is not None:
             keep = ids != np.asarray(self_rows)[:, None]
             keep[keep.sum(axis=1) > k, -1] = False                    # self not found: drop the last
             scores = scores[keep].reshape(len(ids), -1)
             ids = ids[keep].reshape(len(ids), -1)
         return _pad(scores, ids, k)
+
+
+class IndexNeighbours(Neighbours):
+    """Neighbours from a saved :class:`~retrievalkit.searchindex.SearchIndex` (rows memory-mapped)."""
+
+    def __init__(self, index: Any) -> None:
+        self.search_index = index
+
+    def _top(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.search_index.search(vectors, k)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        return self.search_index.source.rows(np.maximum(ids, 0))
 
 
 def _pad(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,13 +183,17 @@ class RerankChain:
                                 f"{database.shape[0]}: augment_database must keep one row per image")
         return current
 
-    def transform_queries(self, queries: np.ndarray, database: np.ndarray,
+    @property
+    def on_database(self) -> bool:
+        return any(step.on_database for step in self.steps)
+
+    def transform_queries(self, queries: np.ndarray, database: np.ndarray | Neighbours,
                           self_rows: np.ndarray | None = None) -> np.ndarray:
         """The queries after every query-side step, searching ``database`` (already transformed)."""
         current = np.ascontiguousarray(queries, dtype=np.float32)
         steps = [s for s in self.steps if s.on_queries]
         if steps:
-            neighbours = Neighbours(database)
+            neighbours = database if isinstance(database, Neighbours) else Neighbours(database)
             for step in steps:
                 current = np.ascontiguousarray(step.reranker.expand_queries(current, neighbours, self_rows),
                                                dtype=np.float32)
@@ -212,6 +239,8 @@ def as_chain(rerank: str | RerankChain | None) -> RerankChain | None:
     """``None`` / ``"none"`` -> None; a spec -> its chain (empty chains become None)."""
     if rerank is None or isinstance(rerank, RerankChain):
         return rerank or None
+    if all(part.strip().lower() in ("", NONE) for part in str(rerank).split("+")):
+        return None                      # no plugin host (and no torch import) for "none"
     chain = RerankChain(rerank)
     return chain or None
 

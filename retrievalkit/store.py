@@ -106,6 +106,23 @@ class DescriptorSource:
         return digest.hexdigest()
 
 
+class ArraySource(DescriptorSource):
+    """An in-memory matrix (e.g. re-ranked descriptors) with the paths of another source."""
+
+    def __init__(self, descriptors: np.ndarray, like: DescriptorSource) -> None:
+        self._descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+        if self._descriptors.shape[0] != like.count:
+            raise ValueError("an ArraySource needs one row per row of the source it stands for")
+        self.like, self.location, self.meta = like, like.location, like.meta
+        self.count, self.dim = self._descriptors.shape
+
+    def _slice(self, start: int, stop: int) -> np.ndarray:
+        return self._descriptors[start:stop]
+
+    def paths_at(self, ids: Sequence[int] | np.ndarray) -> list[str]:
+        return self.like.paths_at(ids)
+
+
 # -- a descriptors file (.npz), memory-mapped -----------------------------------------------------
 def _npz_member_map(path: Path, member: str) -> np.ndarray | None:
     """Memory-map an uncompressed ``member.npy`` of an ``.npz``; None when it is compressed."""
@@ -279,6 +296,14 @@ class ShardWriter:
         self.manifest["shards"].append({"name": name, "count": int(array.shape[0])})
         write_text_atomic(self.folder / STORE_MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
         return self.folder / f"{name}.npy"
+
+
+def write_store(folder: str | Path, descriptors: np.ndarray, paths: Sequence[str], meta: dict[str, Any],
+                dtype: str = "float32") -> int:
+    """Append descriptors to the store ``folder`` (created if new) as one shard; returns its row count."""
+    writer = ShardWriter(folder, dim=int(np.asarray(descriptors).shape[1]), dtype=dtype, meta=meta)
+    writer.append(descriptors, paths)
+    return writer.count
 
 
 def open_descriptors(path: str | Path) -> DescriptorSource:

@@ -22,6 +22,7 @@ from ..errors import RkitError
 from ..evaluate import (DEFAULT_KS, EvaluationResult, evaluate_folder_collection, evaluate_revisited,
                         folder_labels, rankings_document)
 from ..extract import partial_path
+from ..store import load_descriptor_set
 from .options import ModelOptions, extract_with_options, model_options
 
 
@@ -41,7 +42,9 @@ def _fmt(value: float) -> str:
 
 
 def _is_descriptors_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() == ".npz"
+    from ..store import STORE_MANIFEST
+
+    return (path.is_file() and path.suffix.lower() == ".npz") or (path / STORE_MANIFEST).is_file()
 
 
 def _queries_path(save: Path) -> Path:
@@ -81,6 +84,8 @@ def _whitened(dset: DescriptorSet, options: ModelOptions, what: str) -> Descript
 @model_options
 @click.option("--ks", "ks_text", default=",".join(map(str, DEFAULT_KS)), show_default=True,
               help="Cut-offs of mP@k.")
+@click.option("--rerank", "rerank", default="none", show_default=True, metavar="SPEC",
+              help="Re-rankers (`rkit plugins`) joined by '+': aqe, dba, dba+aqe:k=2:alpha=3.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of a table.")
 @click.option("--save-rankings", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write each query's AP and top-100 ranked images (positive/junk/negative) as JSON, "
@@ -90,7 +95,7 @@ def _whitened(dset: DescriptorSet, options: ModelOptions, what: str) -> Descript
                    "NAME.queries.npz beside it); extraction resumes from a partial file after an interruption.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def command(source: Path | None, dataset: str | None, data_root: Path, query_descriptors: Path | None,
-            model_options: ModelOptions, ks_text: str, as_json: bool, save_rankings: Path | None,
+            model_options: ModelOptions, ks_text: str, rerank: str, as_json: bool, save_rankings: Path | None,
             save_descriptors: Path | None, progress: bool) -> None:
     """Evaluate retrieval: mAP and mP@k (revisited-protocol AP, SPEC section 5).
 
@@ -111,10 +116,10 @@ def command(source: Path | None, dataset: str | None, data_root: Path, query_des
                             "or --dataset NAME --data-root DIR")
         if query_descriptors is not None:
             raise RkitError("--query-descriptors needs --dataset (a folder collection uses every image as a query)")
-        report = _folder(source, model_options, ks, save_descriptors, save_rankings, progress, as_json)
+        report = _folder(source, model_options, ks, save_descriptors, save_rankings, progress, as_json, rerank)
     else:
         report = _revisited(source, dataset, data_root, query_descriptors, model_options, ks,
-                            save_descriptors, save_rankings, progress, as_json)
+                            save_descriptors, save_rankings, progress, as_json, rerank)
     report["seconds"] = round(time.perf_counter() - started, 3)
     click.echo(f"ranked and scored in {report['evaluation_seconds']:.2f} s (total {report['seconds']:.1f} s)", err=True)
     if as_json:
@@ -125,10 +130,10 @@ def command(source: Path | None, dataset: str | None, data_root: Path, query_des
 
 # -- folder collections ---------------------------------------------------------------------------
 def _folder(source: Path, options: ModelOptions, ks: list[int], save_descriptors: Path | None,
-            save_rankings: Path | None, progress: bool, as_json: bool) -> dict[str, Any]:
+            save_rankings: Path | None, progress: bool, as_json: bool, rerank: str = "none") -> dict[str, Any]:
     if _is_descriptors_file(source):
         _warn_unused_model_options(options, f"{source} already holds descriptors")
-        dset = _whitened(DescriptorSet.load(source), options, "these")
+        dset = _whitened(load_descriptor_set(source), options, "these")
     else:
         from ..extract import list_images
 
@@ -142,7 +147,7 @@ def _folder(source: Path, options: ModelOptions, ks: list[int], save_descriptors
 
     labels = folder_labels(dset.paths)
     started = time.perf_counter()
-    result = evaluate_folder_collection(dset.descriptors, labels, ks=ks, names=dset.paths)
+    result = evaluate_folder_collection(dset.descriptors, labels, ks=ks, names=dset.paths, rerank=rerank)
     seconds = time.perf_counter() - started
     counts = Counter(labels)
     classes = sorted(counts)
@@ -177,7 +182,7 @@ def _print_folder(report: dict[str, Any], result: EvaluationResult) -> None:
 # -- revisited Oxford / Paris -----------------------------------------------------------------------
 def _revisited(source: Path | None, name: str, data_root: Path, query_descriptors: Path | None,
                options: ModelOptions, ks: list[int], save_descriptors: Path | None,
-               save_rankings: Path | None, progress: bool, as_json: bool) -> dict[str, Any]:
+               save_rankings: Path | None, progress: bool, as_json: bool, rerank: str = "none") -> dict[str, Any]:
     from ..datasets import load_revisited
 
     have_database = source is not None
@@ -193,7 +198,7 @@ def _revisited(source: Path | None, name: str, data_root: Path, query_descriptor
 
     # database
     if have_database:
-        database = _whitened(DescriptorSet.load(source), options, "the database")
+        database = _whitened(load_descriptor_set(source), options, "the database")
     else:
         checkpoint = partial_path(save_descriptors) if save_descriptors is not None else None
         result, meta = extract_with_options(options, dataset.image_paths(), root=dataset.image_dir,
@@ -237,7 +242,7 @@ def _revisited(source: Path | None, name: str, data_root: Path, query_descriptor
 
     started = time.perf_counter()
     results = evaluate_revisited(dataset, queries.descriptors[query_rows], database.descriptors[database_rows],
-                                 query_ids=query_ids, database_ids=database_ids, ks=ks)
+                                 query_ids=query_ids, database_ids=database_ids, ks=ks, rerank=rerank)
     seconds = time.perf_counter() - started
     report = {
         "protocol": "revisited" if dataset.is_revisited else "classic", "dataset": name,

@@ -18,12 +18,15 @@ _SHOWN_FAILURES = 20
 @click.command("extract")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @model_options
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("descriptors.npz"),
-              show_default=True, help="Descriptors file to write (.npz).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("descriptors.npz"),
+              show_default=True, help="Descriptors file to write (.npz), or store folder with --format shards.")
+@click.option("--format", "out_format", type=click.Choice(["npz", "shards", "shards16"]), default="npz",
+              show_default=True, help="npz: one file; shards / shards16: append a float32 / float16 shard to the "
+                                      "store folder OUT (docs/search.md), for databases beyond RAM.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Keep partial results in OUT-stem.partial.npz and continue from them after an interruption.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, progress: bool) -> None:
+def command(source: Path, model_options: ModelOptions, out: Path, out_format: str, resume: bool, progress: bool) -> None:
     """Extract global descriptors of the images in SOURCE.
 
     SOURCE is a folder (searched recursively) or a text file with one image path per line
@@ -56,7 +59,12 @@ def command(source: Path, model_options: ModelOptions, out: Path, resume: bool, 
         pooling_p=pooling_exponent(model), root=str(root.resolve()), source=str(source),
         failed=[[p, r] for p, r in result.failed], seconds=round(result.seconds, 3),
     )
-    DescriptorSet(descriptors, result.paths, meta).save(out)
+    if out_format == "npz":
+        DescriptorSet(descriptors, result.paths, meta).save(out)
+    else:
+        from ..store import write_store
+
+        write_store(out, descriptors, result.paths, meta, "float16" if out_format == "shards16" else "float32")
     write_resolved_config(out)  # OUT.rkit-config.toml: the options this ran with
 
     click.echo(

@@ -28,7 +28,7 @@ class AlphaQueryExpansion:
     def expand_queries(self, queries: np.ndarray, neighbours: Neighbours,
                        self_rows: np.ndarray | None) -> np.ndarray:
         scores, ids = neighbours(queries, self.k, self_rows)
-        return weighted_expansion(queries, neighbours.database, scores, ids, self.alpha)
+        return weighted_expansion(queries, neighbours.rows(ids), scores, ids, self.alpha)
 
 
 @hookimpl

@@ -27,7 +27,7 @@ class DatabaseAugmentation:
 
     def augment_database(self, database: np.ndarray, neighbours: Neighbours) -> np.ndarray:
         scores, ids = neighbours(database, self.k, np.arange(len(database)))
-        return weighted_expansion(database, database, scores, ids, self.alpha)
+        return weighted_expansion(database, neighbours.rows(ids), scores, ids, self.alpha)
 
 
 @hookimpl
