@@ -201,7 +201,7 @@ def rerank_exact(queries: np.ndarray, shortlist: np.ndarray, rows: Callable[[np.
     for start in range(0, shortlist.shape[0], block):
         ids = shortlist[start:start + block]
         vectors = rows(np.maximum(ids, 0))
-        exact = np.einsum("qd,qrd->qr", query_matrix[start:start + block], vectors)
+        exact = np.matmul(vectors, query_matrix[start:start + block, :, None])[..., 0]
         exact = np.where(ids < 0, -np.inf, exact)
         order = np.lexsort((ids, -exact), axis=-1)[:, :width]
         out_scores[start:start + block] = np.take_along_axis(exact, order, 1)
