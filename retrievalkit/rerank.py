@@ -142,7 +142,7 @@ class RerankChain:
     """Re-rankers chosen by ``spec`` (``dba+aqe:k=2``), built through the plugin host."""
 
     def __init__(self, spec: str | Sequence[str] | None = None, *, cache: bool = True) -> None:
-        from .components import ComponentSpec
+        from .components import ComponentSpec, validate_options
         from .plugins import get_host
 
         texts = [spec] if isinstance(spec, str) or spec is None else list(spec)
@@ -153,11 +153,12 @@ class RerankChain:
             parsed = ComponentSpec.parse(part)
             if parsed.name == NONE:
                 continue
-            registered = host.get("reranker", parsed.name)
-            options = {name: option.default for name, option in registered.component.options().items()}
+            known = host.get("reranker", parsed.name).component.options()
+            options = {name: option.default for name, option in known.items()}
+            options.update(validate_options(parsed.name, known, parsed.options))   # typed: k=2 == k=2.0
             reranker = host.build("reranker", parsed)
-            options.update({k: v for k, v in parsed.options.items()})
-            resolved = ":".join([parsed.name, *(f"{k}={options[k]}" for k in sorted(options))])
+            shown = {k: format(v, "g") if isinstance(v, float) else v for k, v in options.items()}
+            resolved = ":".join([parsed.name, *(f"{k}={shown[k]}" for k in sorted(shown))])
             step = Step(resolved, reranker)
             if not (step.on_database or step.on_queries):
                 raise RkitError(f"re-ranker {parsed.name!r} has neither augment_database nor expand_queries: "

@@ -79,7 +79,7 @@ def test_dba_is_computed_once_per_database_and_options(monkeypatch, tmp_path):
     monkeypatch.setattr(dba.DatabaseAugmentation, "augment_database",
                         lambda self, d, n: calls.append(1) or original(self, d, n))
     first = RerankChain("dba").transform_database(X)
-    again = RerankChain("dba:k=2").transform_database(X)         # the same resolved options
+    again = RerankChain("dba:k=2:alpha=3.0").transform_database(X)   # the same resolved options
     assert len(calls) == 1 and np.array_equal(first, again)
     import retrievalkit.rerank as rerank_module
 
