@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -68,20 +67,20 @@ def child(args: argparse.Namespace) -> None:
     index = SearchIndex.load(args.child)
     load_s = time.perf_counter() - started
     kwargs = json.loads(args.search_kwargs)
-    timings = []
-    for _ in range(2):                        # cold (fresh process, pages not mapped yet), then warm
-        if kwargs.get("refine_flat"):
-            scores, ids, seconds = refine_flat_search(index, queries, args.k, **kwargs)
-        else:
-            started = time.perf_counter()
-            scores, ids = index.search(queries, args.k, **kwargs)
-            seconds = time.perf_counter() - started
-        timings.append(1000 * seconds / len(queries))
+    scores, ids, seconds = timed_search(index, queries, args.k, kwargs)
     np.save(args.ids_file, ids)
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     mb = lambda key: int(status.get(key, "0 kB").split()[0]) / 1024  # noqa: E731
-    print(json.dumps({"load_s": load_s, "cold_ms": timings[0], "ms_per_query": timings[1],
+    print(json.dumps({"load_s": load_s, "cold_ms": 1000 * seconds / len(queries),
                       "peak_mb": mb("VmHWM"), "anon_mb": mb("RssAnon"), "file_mb": mb("RssFile")}))
+
+
+def timed_search(index, queries: np.ndarray, k: int, kwargs: dict):
+    if kwargs.get("refine_flat"):
+        return refine_flat_search(index, queries, k, **kwargs)
+    started = time.perf_counter()
+    scores, ids = index.search(queries, k, **kwargs)
+    return scores, ids, time.perf_counter() - started
 
 
 def refine_flat_search(index, queries: np.ndarray, k: int, nprobe: int, rerank_k: int, refine_flat: bool):
@@ -90,14 +89,15 @@ def refine_flat_search(index, queries: np.ndarray, k: int, nprobe: int, rerank_k
 
     from retrievalkit.index import ivf_of
 
+    ivf_of(index._shard(0)).nprobe = nprobe
     if not hasattr(index, "_refine"):          # the float copy is made once, outside the timing
         base = index._shard(0)
-        ivf_of(base).nprobe = nprobe
         floats = np.ascontiguousarray(index.source.matrix())
         index._refine = faiss.IndexRefineFlat(base, faiss.swig_ptr(floats))
         index._refine.k_factor = rerank_k / k
         del floats
     refine = index._refine
+    refine.k_factor = rerank_k / k
     started = time.perf_counter()
     scores, ids = refine.search(queries, k)
     return scores, ids, time.perf_counter() - started
@@ -120,6 +120,12 @@ def build(args, store: Path, work: Path, name: str, shards: int = 1, **params) -
     from retrievalkit.searchindex import IndexParams, SearchIndex
 
     folder = work / name
+    if (folder / "index.json").is_file() and not args.rebuild:     # built by an earlier run
+        manifest = json.loads((folder / "index.json").read_text())
+        wanted = {k: v for k, v in params.items()}
+        if all(manifest["params"].get(k) == v for k, v in wanted.items()) and len(manifest["shards"]) == shards:
+            size_mb = sum(f.stat().st_size for f in folder.iterdir()) / 2 ** 20
+            return folder, sum(manifest["seconds"].values()), size_mb
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -128,6 +134,29 @@ def build(args, store: Path, work: Path, name: str, shards: int = 1, **params) -
     index.save(folder)
     size_mb = sum(f.stat().st_size for f in folder.iterdir()) / 2 ** 20
     return folder, seconds, size_mb
+
+
+def describe(kwargs: dict) -> str:
+    if not kwargs:
+        return "-"
+    how = f"nprobe {kwargs['nprobe']}, " + (f"re-rank {kwargs['rerank_k']}" if kwargs["rerank_k"] else "no re-rank")
+    return how + (" (faiss IndexRefineFlat)" if kwargs.get("refine_flat") else "")
+
+
+def interleaved_timings(args, work: Path, configs: list) -> list[float]:
+    """ms per query of each configuration: the fastest of ``--rounds`` rounds over all of them."""
+    from retrievalkit.searchindex import SearchIndex
+
+    queries = np.load(work / "queries.npy")[: args.timing_queries]
+    loaded = {}
+    for _, (folder, _, _), _ in configs:
+        loaded.setdefault(folder, SearchIndex.load(folder))
+    best = [float("inf")] * len(configs)
+    for _ in range(args.rounds):
+        for i, (_, (folder, _, _), kwargs) in enumerate(configs):
+            _, _, seconds = timed_search(loaded[folder], queries, args.k, kwargs)
+            best[i] = min(best[i], 1000 * seconds / len(queries))
+    return best
 
 
 def main() -> None:
@@ -144,6 +173,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/rkit-bench-scale"))
     parser.add_argument("--out", type=Path, default=None, help="Also write the Markdown table here.")
+    parser.add_argument("--rebuild", action="store_true", help="Rebuild indexes saved by an earlier run in --work.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved timing rounds (the fastest counts).")
+    parser.add_argument("--timing-queries", type=int, default=1000)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--queries-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ids-file", default=None, help=argparse.SUPPRESS)
@@ -161,37 +193,38 @@ def main() -> None:
     gen_s = time.perf_counter() - started
     np.save(work / "queries.npy", make_queries(store, args.queries, args.spread, args.seed))
     store_mb = sum(f.stat().st_size for f in store.iterdir()) / 2 ** 20
-    rows = []
-    flat_dir, flat_build, flat_mb = build(args, store, work, "flat", kind="flat")
-    flat, truth = run_child(args, flat_dir, work)
-    rows.append(("flat (exact)", "-", flat_build, flat_mb, flat, 1.0))
+    configs = [("flat (exact)", build(args, store, work, "flat", kind="flat"), {})]
     plans = [
-        ("ivfpq", dict(pq_m=16), 1, [dict(nprobe=16, rerank_k=0), dict(nprobe=16, rerank_k=100),
-                                     dict(nprobe=32, rerank_k=200), dict(nprobe=16, rerank_k=100, refine_flat=True)]),
-        ("ivfpq+opq", dict(pq_m=16, opq=True), 1, [dict(nprobe=16, rerank_k=100)]),
-        ("ivfpq 8 B", dict(pq_m=8), 1, [dict(nprobe=16, rerank_k=0), dict(nprobe=32, rerank_k=200)]),
+        ("ivfpq", dict(pq_m=16), 1, [dict(nprobe=16, rerank_k=0), dict(nprobe=8, rerank_k=300), dict(nprobe=8, rerank_k=400),
+                                     dict(nprobe=16, rerank_k=400), dict(nprobe=16, rerank_k=400, refine_flat=True),
+                                     dict(nprobe=16, rerank_k=800)]),
+        ("ivfpq+opq", dict(pq_m=16, opq=True), 1, [dict(nprobe=16, rerank_k=400)]),
+        ("ivfpq 8 B", dict(pq_m=8), 1, [dict(nprobe=16, rerank_k=0), dict(nprobe=16, rerank_k=800)]),
         ("ivfpq, 4 shards", dict(pq_m=16), 4, [dict(nprobe=16, rerank_k=100)]),
+        ("ivfpq, nlist 4x", dict(pq_m=16, nlist=4 * args.nlist), 1, [dict(nprobe=16, rerank_k=400),
+                                                                     dict(nprobe=32, rerank_k=400)]),
     ]
     for name, params, shards, searches in plans:
-        folder, seconds, size_mb = build(args, store, work, name.replace(" ", "_").replace(",", ""), shards=shards,
-                                         kind="ivfpq", nlist=args.nlist, **params)
-        for kwargs in searches:
-            measured, ids = run_child(args, folder, work, **kwargs)
-            how = f"nprobe {kwargs['nprobe']}, " + (f"re-rank {kwargs['rerank_k']}" if kwargs["rerank_k"] else "no re-rank")
-            how += " (faiss IndexRefineFlat)" if kwargs.get("refine_flat") else ""
-            rows.append((name, how, seconds, size_mb, measured, recall(ids, truth)))
-            seconds = float("nan")                                # built once per index
+        built = build(args, store, work, name.replace(" ", "_").replace(",", ""), shards=shards,
+                      kind="ivfpq", **{"nlist": args.nlist, **params})
+        configs += [(name, built, kwargs) for kwargs in searches]
+    measured = [run_child(args, folder, work, **kwargs) for _, (folder, _, _), kwargs in configs]
+    truth = measured[0][1]
+    best = interleaved_timings(args, work, configs)
     lines = [f"N = {args.n:,} x {args.dim}-D float32 (store: {store_mb:.0f} MB on disk, generated in {gen_s:.0f} s), "
-             f"{args.queries} queries, k = {args.k}, nlist = {args.nlist}, quantisers trained on "
+             f"{args.queries} queries (recall), {args.timing_queries} of them timed in {args.rounds} interleaved "
+             f"rounds (fastest round counts), k = {args.k}, nlist = {args.nlist}, quantisers trained on "
              f"{args.train_size:,} rows, faiss on {args.threads} thread(s).", "",
-             "| index | search | build s | index MB | ms / query (warm) | speed-up vs flat | first pass ms / query | "
-             "recall@10 | peak RSS MB | private MB | file-backed MB |",
+             "| index | search | build s | index MB | ms / query | speed-up vs flat | recall@10 | "
+             "first pass ms / query | peak RSS MB | private MB | file-backed MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, how, seconds, size_mb, measured, rec in rows:
-        build_text = "" if seconds != seconds else f"{seconds:.0f}"
-        lines.append(f"| {name} | {how} | {build_text} | {size_mb:.0f} | {measured['ms_per_query']:.2f} | "
-                     f"{flat['ms_per_query'] / measured['ms_per_query']:.0f}x | {measured['cold_ms']:.2f} | {rec:.3f} | "
-                     f"{measured['peak_mb']:.0f} | {measured['anon_mb']:.0f} | {measured['file_mb']:.0f} |")
+    shown_build = set()
+    for (name, (folder, seconds, size_mb), kwargs), (child_numbers, ids), ms in zip(configs, measured, best):
+        build_text = "" if folder in shown_build else f"{seconds:.0f}"
+        shown_build.add(folder)
+        lines.append(f"| {name} | {describe(kwargs)} | {build_text} | {size_mb:.0f} | {ms:.2f} | {best[0] / ms:.0f}x | "
+                     f"{recall(ids, truth):.3f} | {child_numbers['cold_ms']:.2f} | {child_numbers['peak_mb']:.0f} | "
+                     f"{child_numbers['anon_mb']:.0f} | {child_numbers['file_mb']:.0f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:

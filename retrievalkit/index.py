@@ -30,6 +30,9 @@ from .errors import RkitError
 
 INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "ivfpq")
 
+#: Rows the OPQ rotation is learned on (faiss default 65,536): a D x D rotation needs far fewer,
+#: and OPQ alternates PQ training and an SVD about 50 times, so this bounds its training time.
+OPQ_TRAINING_POINTS = 16_384
 #: faiss warns below this many training vectors per k-means centroid.
 TRAINING_POINTS_PER_CELL = 39
 
@@ -127,6 +130,7 @@ def train_index(training: np.ndarray, kind: str = "flat", *, nlist: int | None =
         rotation.pq = codebooks = faiss.ProductQuantizer(dim, pq_m, nbits)   # our seed, no warnings
         codebooks.cp.seed, codebooks.cp.min_points_per_centroid = seed, 1
         rotation.referenced_objects = [codebooks]
+        rotation.max_train_points = OPQ_TRAINING_POINTS
         index = faiss.IndexPreTransform(rotation, ivf)
     index.train(data)
     ivf.nprobe = min(nlist, 16) if nprobe is None else max(1, int(nprobe))
@@ -185,13 +189,14 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, *, nprobe: int | Non
 
 
 def rerank_exact(queries: np.ndarray, shortlist: np.ndarray, rows: Callable[[np.ndarray], np.ndarray],
-                 k: int, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                 k: int, block: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank each query's ``shortlist`` (Q, R) ids by the exact inner product; keep the top ``k``.
 
     ``rows(ids)`` returns the float32 descriptors of ``ids`` (a (b, R) array) with shape
     ``(b, R, D)``, e.g. :meth:`retrievalkit.store.DescriptorSource.rows` over a memory map, so
     the float matrix is never loaded whole. Ids ``-1`` (no candidate) stay last with ``-inf``.
-    Returns ``(scores, ids)`` ``(Q, min(k, R))`` sorted by decreasing exact score.
+    Returns ``(scores, ids)`` ``(Q, min(k, R))`` sorted by decreasing exact score. Queries go
+    ``block`` at a time: small gathered blocks stay in the CPU caches (256 was 1.5x slower).
     """
     query_matrix = _as_matrix(queries, "the query descriptors")
     shortlist = np.asarray(shortlist, dtype=np.int64)

@@ -239,10 +239,12 @@ class ShardStore(DescriptorSource):
         if len(self.shards) == 1:
             return np.take(self._shard(0), ids, axis=0)
         shard_of = np.searchsorted(self.starts, ids, side="right") - 1
+        order = np.argsort(shard_of, kind="stable")               # the ids of each shard, as one run
+        bounds = np.searchsorted(shard_of[order], np.arange(len(self.shards) + 1))
         out = np.empty((ids.size, self.dim), dtype=self.dtype)
-        for s in np.unique(shard_of).tolist():
-            where = np.flatnonzero(shard_of == s)
-            out[where] = np.take(self._shard(s), ids[where] - self.starts[s], axis=0)
+        for s in np.flatnonzero(np.diff(bounds)).tolist():
+            run = order[bounds[s]:bounds[s + 1]]
+            out[run] = np.take(self._shard(s), ids[run] - self.starts[s], axis=0)
         return out
 
     def paths_at(self, ids: Sequence[int] | np.ndarray) -> list[str]:

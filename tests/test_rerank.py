@@ -113,6 +113,20 @@ def test_ablation_grid_axis_rerank():
     assert "rerank" not in cells[0].settings                    # cell ids of older grids unchanged
 
 
+def test_ablation_cell_evaluates_with_its_rerank_setting():
+    from retrievalkit.ablate import DEFAULT_SETTINGS, _Collection, evaluate_cell
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(12, 6)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    paths = [f"{c}/{i}.jpg" for i, c in enumerate("aaabbbcccddd")]
+    collection = _Collection(x, paths, folder_labels(paths), 0.0, False)
+    for spec in ("none", "dba+aqe"):
+        numbers = evaluate_cell({**DEFAULT_SETTINGS, "rerank": spec}, collection, None)
+        expected = evaluate_folder_collection(x, folder_labels(paths), rerank=spec)
+        assert numbers["map"] == pytest.approx(expected.map, abs=1e-6)
+
+
 def test_rkit_eval_and_search_with_rerank(tmp_path, capsys):
     x = np.array([[1, 0], [0.9, 0.436], [0, 1], [0.2, 0.98], [0.7, 0.7]], dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)

@@ -11,7 +11,7 @@ import pytest
 from retrievalkit.cli import main
 from retrievalkit.descriptors import DescriptorSet
 from retrievalkit.errors import RkitError
-from retrievalkit.index import build_index, merge_top_k, rerank_exact, search
+from retrievalkit.index import merge_top_k, rerank_exact
 from retrievalkit.searchindex import IndexParams, SearchIndex
 from retrievalkit.store import ArraySource, NpzSource, ShardStore, ShardWriter, open_descriptors
 
