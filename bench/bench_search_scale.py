@@ -194,19 +194,21 @@ def main() -> None:
     np.save(work / "queries.npy", make_queries(store, args.queries, args.spread, args.seed))
     store_mb = sum(f.stat().st_size for f in store.iterdir()) / 2 ** 20
     configs = [("flat (exact)", build(args, store, work, "flat", kind="flat"), {})]
-    plans = [
-        ("ivfpq", dict(pq_m=16), 1, [dict(nprobe=16, rerank_k=0), dict(nprobe=8, rerank_k=300), dict(nprobe=8, rerank_k=400),
-                                     dict(nprobe=16, rerank_k=400), dict(nprobe=16, rerank_k=400, refine_flat=True),
-                                     dict(nprobe=16, rerank_k=800)]),
-        ("ivfpq+opq", dict(pq_m=16, opq=True), 1, [dict(nprobe=16, rerank_k=400)]),
-        ("ivfpq 8 B", dict(pq_m=8), 1, [dict(nprobe=16, rerank_k=0), dict(nprobe=16, rerank_k=800)]),
-        ("ivfpq, 4 shards", dict(pq_m=16), 4, [dict(nprobe=16, rerank_k=100)]),
-        ("ivfpq, nlist 4x", dict(pq_m=16, nlist=4 * args.nlist), 1, [dict(nprobe=16, rerank_k=400),
-                                                                     dict(nprobe=32, rerank_k=400)]),
+    small, large = args.nlist, 4 * args.nlist
+    plans = [   # (label, folder, index parameters, shards, searches)
+        (f"ivfpq, nlist {small}", "ivfpq", dict(pq_m=16, nlist=small), 1,
+         [dict(nprobe=16, rerank_k=0), dict(nprobe=16, rerank_k=400)]),
+        (f"ivfpq+opq, nlist {small}", "ivfpq+opq", dict(pq_m=16, nlist=small, opq=True), 1,
+         [dict(nprobe=16, rerank_k=400)]),
+        (f"ivfpq 8 B, nlist {small}", "ivfpq_8_B", dict(pq_m=8, nlist=small), 1, [dict(nprobe=16, rerank_k=800)]),
+        (f"ivfpq, nlist {large}", "ivfpq_nlist_4x", dict(pq_m=16, nlist=large), 1,
+         [dict(nprobe=8, rerank_k=0), dict(nprobe=8, rerank_k=100), dict(nprobe=8, rerank_k=200),
+          dict(nprobe=8, rerank_k=200, refine_flat=True), dict(nprobe=16, rerank_k=400)]),
+        (f"ivfpq, nlist {large}, 4 shards", "ivfpq_nlist_4x_4_shards", dict(pq_m=16, nlist=large), 4,
+         [dict(nprobe=8, rerank_k=50)]),
     ]
-    for name, params, shards, searches in plans:
-        built = build(args, store, work, name.replace(" ", "_").replace(",", ""), shards=shards,
-                      kind="ivfpq", **{"nlist": args.nlist, **params})
+    for name, folder_name, params, shards, searches in plans:
+        built = build(args, store, work, folder_name, shards=shards, kind="ivfpq", **params)
         configs += [(name, built, kwargs) for kwargs in searches]
     measured = [run_child(args, folder, work, **kwargs) for _, (folder, _, _), kwargs in configs]
     truth = measured[0][1]
