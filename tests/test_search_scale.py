@@ -233,3 +233,17 @@ def test_rkit_extract_format_shards_appends(tmp_path, capsys):
     store = open_descriptors(tmp_path / "s")
     assert store.count == 2 and len(store.shards) == 2 and store.paths_at([0, 1]) == ["a.png", "b.png"]
     assert store.meta["model"]["backbone"] == "alexnet"
+
+
+def test_rkit_eval_reads_a_store_like_a_descriptors_file(tmp_path, capsys):
+    x = unit_rows(12, 8, 4)
+    paths = [f"{c}/{i}.jpg" for i, c in enumerate("aaabbbcccddd")]
+    DescriptorSet(x, paths).save(tmp_path / "db.npz")
+    writer = ShardWriter(tmp_path / "db.store")
+    writer.append(x[:5], paths[:5])
+    writer.append(x[5:], paths[5:])
+    reports = []
+    for source in ("db.npz", "db.store"):
+        run("eval", tmp_path / source, "--json")
+        reports.append(json.loads(capsys.readouterr().out))
+    assert reports[1]["images"] == 12 and reports[1]["map"] == reports[0]["map"]

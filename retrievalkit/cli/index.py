@@ -14,7 +14,7 @@ import click
 import numpy as np
 
 from ..errors import RkitError
-from ..searchindex import SearchIndex, merge_partials, read_manifest
+from ..searchindex import SearchIndex, check_descriptors, merge_partials, read_manifest
 from ..store import ShardStore, ShardWriter, open_descriptors
 from .search import index_params_options, params_from, write_results
 
@@ -61,6 +61,7 @@ def add(index_dir: Path, new: tuple[Path, ...], progress: bool) -> None:
     """
     manifest = read_manifest(index_dir)
     location = Path(manifest["descriptors"]["location"])
+    check_descriptors(index_dir, manifest, open_descriptors(location), prefix=True)   # before growing it
     if new:
         if not location.is_dir():
             raise RkitError(f"the index was built from the file {location}, which cannot grow: build it from a store "
