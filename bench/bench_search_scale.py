@@ -10,7 +10,7 @@ ground truth of recall@10. Each configuration's search runs in a fresh child pro
 the saved index, so its peak memory (ru_maxrss) is that of serving the index alone.
 
     nice -n 10 python bench/bench_search_scale.py --n 1000000 --work /tmp/rkit-bench-scale \\
-        --out docs/bench-sections/07-search-scale.md
+        --out /tmp/search-scale.md
 
 The faiss ``IndexRefineFlat`` row re-ranks the same shortlist from a float copy held in RAM
 inside the index, for comparison with our pass over the memory map.

@@ -231,7 +231,7 @@ def _remember(key: str, value: np.ndarray) -> np.ndarray:
 
 
 def _cache_file(key: str) -> Path:
-    from .download import cache_dir
+    from .cache import cache_dir
 
     return cache_dir() / "rerank" / f"{key}.npy"
 
@@ -247,15 +247,19 @@ def as_chain(rerank: str | RerankChain | None) -> RerankChain | None:
 
 
 def rank(database: np.ndarray, queries: np.ndarray, rerank: str | RerankChain | None = None, *,
-         exclude_self: bool = False) -> np.ndarray:
-    """:func:`retrievalkit.index.rank_all` after re-ranking (the evaluation's one call)."""
-    from .index import rank_all
+         exclude_self: bool = False, top: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`retrievalkit.index.rank_all_scored` after re-ranking (the evaluation's one call).
+
+    The scores returned are the similarities of the re-ranked vectors that produced the ranking.
+    """
+    from .index import rank_all_scored
 
     chain = as_chain(rerank)
     if chain is None:
-        return rank_all(database, queries, exclude_self=exclude_self)
+        return rank_all_scored(database, queries, exclude_self=exclude_self, top=top)
     database = chain.transform_database(database)
     if exclude_self:
         queries = database
     self_rows = np.arange(len(database)) if exclude_self else None
-    return rank_all(database, chain.transform_queries(queries, database, self_rows), exclude_self=exclude_self)
+    return rank_all_scored(database, chain.transform_queries(queries, database, self_rows),
+                           exclude_self=exclude_self, top=top)

@@ -1,4 +1,4 @@
-"""Structure-from-Motion on an unordered photo folder -> training database (SPEC section 4).
+"""Structure-from-Motion on an unordered photo folder -> training database (docs/definitions.md §4).
 
 The pipeline of Radenović et al. 2016 (section 3: "3D models ... from an unordered image
 collection"), with pycolmap (COLMAP) doing the geometry:

@@ -1,6 +1,6 @@
 """Fine-tuning a retrieval model on tuples mined from an SfM training database.
 
-Radenović, Tolias, Chum, ECCV 2016 (sec. 3 and 4; SPEC sections 3 and 4): a siamese network
+Radenović, Tolias, Chum, ECCV 2016 (sec. 3 and 4; docs/definitions.md §3 and §4): a siamese network
 (one set of weights for every branch) is trained on tuples ``(q, p, n_1 .. n_N)``. Every
 epoch the trainer
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,6 +47,7 @@ from .errors import RkitError
 from .mining import NegativeMiner, PositiveMiner, check_enough_negatives
 from .model import ModelConfig, RetrievalModel, build_model
 from .plugins import PluginHost, get_host
+from .settings import TrainConfig  # re-exported: defined with the other light settings
 from .trainingdb import TrainingDatabase
 from .tuples import assemble_tuples, safe_sqrt, tuple_squared_distances
 
@@ -56,73 +56,8 @@ CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
 MODEL_DIR = "model"
-#: Environment variable naming a folder where the SfM database of the synthetic set is cached
-#: (default: the run directory).
-CACHE_ENV_VAR = "RKIT_CACHE"
 #: Options that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("epochs", "device", "num_workers", "progress", "threads")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Every option of a training run (``rkit train`` flags map one to one).
-
-    Component options use the ``NAME[:KEY=VALUE...]`` syntax (``m3:t_i=0.3``).
-    """
-
-    run_dir: str = "runs/train"
-    #: ``rkit sfm`` output / database folder, or a retrieval-SfM ``db.pkl``; ``None``: the
-    #: embedded synthetic set (generated and reconstructed once, then cached).
-    data: str | None = None
-    #: Image folder for a ``db.pkl`` (its image names are relative to it).
-    images_root: str | None = None
-    #: Folder-per-class validation images (mAP after every epoch), or ``None``.
-    val: str | None = None
-    backbone: str = "efficientnet-lite0"
-    pooling: str = "mac"
-    weights: str = "imagenet"
-    miner: str = "m3"
-    negatives: str = "n2"
-    num_negatives: int = 5
-    loss: str = "contrastive"
-    epochs: int = 5
-    #: Queries drawn per epoch; 0 = every image that has a positive.
-    queries_per_epoch: int = 20
-    #: Candidate negatives drawn per epoch; 0 = every image.
-    pool_size: int = 0
-    tuples_per_batch: int = 5
-    optimizer: str = "adam"
-    lr: float = 1e-5
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
-    #: Longest image side (pixels) for training and mining.
-    image_size: int = 362
-    freeze_bn: bool = True
-    #: Whitening learned after training on the training pairs (``none``, ``learned``, ``pca``).
-    whiten: str = "learned"
-    whiten_dim: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    #: Image-loading worker processes for the mining extraction.
-    num_workers: int = 0
-    #: Batch size of the mining extraction.
-    extract_batch_size: int = 8
-    #: CPU threads for torch (0: torch's default). On a shared, busy machine 1 is much faster
-    #: than a default that oversubscribes the cores.
-    threads: int = 0
-    progress: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RkitError(f"unknown training option(s) {', '.join(unknown)} in the configuration; "
-                            f"the options are: {', '.join(sorted(known))}")
-        return cls(**values)
 
 
 @dataclasses.dataclass
@@ -189,8 +124,9 @@ def load_training_data(config: TrainConfig, log: Callable[[str], None] = print) 
     from .trainingdb import load_database
 
     if config.data is None:
-        cache = Path(os.environ[CACHE_ENV_VAR]) if os.environ.get(CACHE_ENV_VAR) else Path(config.run_dir)
-        return synthetic_database(cache, config.progress, log)
+        from .cache import cache_dir
+
+        return synthetic_database(cache_dir(), config.progress, log)
     path = Path(config.data)
     if path.suffix == ".pkl":
         from .dbpkl import import_dbpkl

@@ -8,8 +8,9 @@ import click
 
 from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
-from ..errors import RkitError
-from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent
+from ..errors import Interrupted, RkitError
+from ..interrupt import rerun_command
+from ..outputs import check_output_path
 from .options import ModelOptions, model_options
 
 _SHOWN_FAILURES = 20
@@ -34,8 +35,11 @@ def command(source: Path, model_options: ModelOptions, out: Path, out_format: st
 
     \b
     rkit extract photos/ --pooling gem --image-size 448 --out photos.npz
-    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whiten lw.npz
+    rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whitening lw.npz
     """
+    check_output_path(out, [source, model_options.model_dir, model_options.whitening_file])
+    from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent  # torch: on use
+
     root, paths = list_images(source)
     model, whitening = model_options.build()
     checkpoint = partial_path(out)
@@ -44,8 +48,14 @@ def command(source: Path, model_options: ModelOptions, out: Path, out_format: st
             click.echo(f"resuming from {checkpoint}", err=True)
         else:
             checkpoint.unlink()
-    result = extract_descriptors(model, paths, root=root, checkpoint=checkpoint if resume else None,
-                                 **model_options.extraction_kwargs(progress=progress))
+    try:
+        result = extract_descriptors(model, paths, root=root, checkpoint=checkpoint if resume else None,
+                                     **model_options.extraction_kwargs(progress=progress))
+    except KeyboardInterrupt:
+        if not resume:  # nothing was checkpointed: say only that it stopped
+            raise Interrupted() from None
+        kept = f"the descriptors finished so far in {checkpoint}" if checkpoint.exists() else None
+        raise Interrupted(kept=kept, resume=rerun_command()) from None
     if not result.paths:
         first = "; ".join(f"{p}: {r}" for p, r in result.failed[:3])
         raise RkitError(f"none of the {len(paths)} images could be read ({first}): check SOURCE")

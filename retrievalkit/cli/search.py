@@ -1,6 +1,7 @@
 """``rkit search``: the top-k database images for query descriptors or query images.
 
-A thin layer over :mod:`retrievalkit.searchindex` (faiss indexes, exact re-ranking, shards) and
+Parses options and calls the library: :mod:`retrievalkit.search` (results and their formats)
+over :mod:`retrievalkit.searchindex` (faiss indexes, exact re-ranking, shards) and
 :mod:`retrievalkit.rerank` (``--rerank``). Query images are described with the model
 that made the database: the one recorded in the database file's meta, or ``--model`` /
 ``--backbone ...`` given here (see ``docs/evaluation.md``).
@@ -8,59 +9,50 @@ that made the database: the one recorded in the database file's meta, or ``--mod
 
 from __future__ import annotations
 
-import json
 import time
-import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import click
-import numpy as np
 
 from ..atomic import write_text_atomic
 from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
 from ..index import INDEX_KINDS
+from ..outputs import check_output_path
+from ..search import FORMATS, SearchResults, format_results, load_queries
 from ..searchindex import DEFAULT_RERANK_K, IndexParams, SearchIndex, save_partial
 from ..store import DescriptorSource
-from .options import ModelOptions, extract_with_options, model_options
+from .options import ModelOptions, echo_warnings, extract_with_options, model_options
 
 
 def _queries(specs: tuple[str, ...], database: DescriptorSource, options: ModelOptions,
-             progress: bool) -> tuple[np.ndarray, list[str]]:
-    """Stack the query descriptors: ``.npz`` files as they are, images extracted with the model."""
+             progress: bool) -> DescriptorSet:
+    """The query descriptors: ``.npz`` files as they are, images extracted with the database's model."""
     from ..extract import list_images
 
-    blocks: list[np.ndarray] = []
-    names: list[str] = []
+    files = [spec for spec in specs if Path(spec).suffix.lower() == ".npz"]
+    queries = load_queries(files, dim=database.dim)
     image_paths: list[str] = []
     for spec in specs:
-        path = Path(spec)
-        if path.suffix.lower() == ".npz":
-            queries = DescriptorSet.load(path)
-            blocks.append(queries.descriptors)
-            names.extend(queries.paths)
-        else:
-            root, paths = list_images(path)
+        if spec not in files:
+            root, paths = list_images(Path(spec))
             image_paths.extend(str(root / p) for p in paths)
-    if image_paths:
-        if not database.meta.get("model") and not ({"model", "backbone", "pooling"} & options.typed):
-            raise RkitError("the database file does not say which model described it, so query images cannot be "
-                            "described the same way: give --model DIR or --backbone/--pooling/--weights "
-                            "(and --image-size, --scales, --whiten) as used for the database")
-        options = ModelOptions.from_descriptor_meta(database.meta, base=options)
-        result, _ = extract_with_options(options, image_paths, root=None, progress=progress, what="query images")
-        blocks.append(result.descriptors)
-        names.extend(result.paths)
-    if not blocks:
-        return np.zeros((0, database.dim), dtype=np.float32), []
-    dims = {b.shape[1] for b in blocks}
-    if len(dims) > 1 or database.dim not in dims:
-        raise RkitError(f"query descriptors are {sorted(dims)}-D but the database is {database.dim}-D: describe "
+    if not image_paths:
+        return queries
+    if not database.meta.get("model") and not ({"model", "backbone", "pooling"} & options.typed):
+        raise RkitError("the database file does not say which model described it, so query images cannot be "
+                        "described the same way: give --model DIR or --backbone/--pooling/--weights "
+                        "(and --image-size, --scales, --whitening) as used for the database")
+    options = ModelOptions.from_descriptor_meta(database.meta, base=options)
+    result, _ = extract_with_options(options, image_paths, root=None, progress=progress, what="query images")
+    described = DescriptorSet(result.descriptors, result.paths)
+    if described.dim != database.dim:
+        raise RkitError(f"query descriptors are {described.dim}-D but the database is {database.dim}-D: describe "
                         f"queries and database with the same model and whitening")
-    return np.concatenate(blocks).astype(np.float32), names
+    return DescriptorSet(np.concatenate([queries.descriptors, described.descriptors]),
+                         queries.paths + described.paths)
 
 
 def index_params_options(function):
@@ -106,11 +98,8 @@ def _index_for(source: DescriptorSource, load_index: Path | None, params: IndexP
         index = SearchIndex.load(load_index, source)
         what = f"loaded {index.describe()} from {load_index}"
     else:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with echo_warnings():
             index = SearchIndex.build(source, params, shards=n_shards, progress=progress)
-        for warning in caught:
-            click.echo(f"Warning: {warning.message}", err=True)
         what = f"built {index.describe()}"
     click.echo(f"{what} in {time.perf_counter() - started:.2f} s", err=True)
     return index
@@ -131,7 +120,7 @@ def _index_for(source: DescriptorSource, load_index: Path | None, params: IndexP
                    "combine the parts with `rkit index merge`).")
 @click.option("--rerank", "rerank_spec", default="none", show_default=True, metavar="SPEC",
               help="Re-rankers (`rkit plugins`), joined by '+': aqe, dba, dba+aqe:k=2:alpha=3.")
-@click.option("--format", "out_format", type=click.Choice(["tsv", "json", "npz"]), default="tsv", show_default=True,
+@click.option("--format", "out_format", type=click.Choice([*FORMATS, "npz"]), default="tsv", show_default=True,
               help="tsv: query, rank, score, path per line (with a header); json: one document; npz: raw "
                    "scores and row ids (partial results for `rkit index merge`).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -150,12 +139,17 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
     \b
     rkit search db.npz queries.npz -k 20 --format json --out hits.json
     rkit search db.npz photo.jpg other/ --image-size 448 --rerank dba+aqe
-    rkit search db.npz --index ivfpq --nlist 4096 --pq-m 32 --opq --save-index db.index   (build once)
-    rkit search db.npz q.npz --load-index db.index --nprobe 32 --rerank-k 200
+    rkit search db.npz --index ivfpq --pq-m 16 --opq --save-index db.index   (build once)
+    rkit search db.npz q.npz --load-index db.index --nprobe 8 --rerank-k 200
     """
     from ..rerank import IndexNeighbours, as_chain
     from ..store import ArraySource, open_descriptors
 
+    inputs = [database_file, load_index, model_options.model_dir, model_options.whitening_file,
+              *(Path(q) for q in query_specs)]
+    for option, path, folder in (("--out", out, False), ("--save-index", save_index, True)):
+        if path is not None:
+            check_output_path(path, inputs, option=option, folder=folder)
     source = open_descriptors(database_file)
     if not query_specs and save_index is None:
         raise RkitError("no queries given: name descriptors files or images after DATABASE "
@@ -166,8 +160,8 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
             raise RkitError(f"--rerank {chain} changes the database vectors, so it cannot use or save an index of "
                             f"the plain descriptors: leave out --load-index/--save-index")
         source = ArraySource(chain.transform_database(source.matrix()), source)
-    queries, names = _queries(query_specs, source, model_options, progress)
-    if query_specs and not names:
+    queries = _queries(query_specs, source, model_options, progress)
+    if query_specs and not len(queries):
         raise RkitError("the queries given hold no descriptors: check the query files")
     params = params_from(index_kind, nlist, pq_m, opq, nprobe, rerank_k, train_size)
     index = _index_for(source, load_index, params, n_shards, progress)
@@ -176,19 +170,18 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
         click.echo(f"wrote index to {save_index}", err=True)
     if not query_specs:
         return
-    shard_ids = _shard_list(use_shards)
-    started = time.perf_counter()
-    if chain is not None:
-        queries = chain.transform_queries(queries, IndexNeighbours(index))
-    scores, ids = index.search(queries, k, nprobe=nprobe, rerank_k=rerank_k, shard_ids=shard_ids)
-    click.echo(f"searched {len(names)} queries in {time.perf_counter() - started:.3f} s", err=True)
+    shard_ids, started = _shard_list(use_shards), time.perf_counter()
+    vectors = queries.descriptors if chain is None else chain.transform_queries(queries.descriptors,
+                                                                                IndexNeighbours(index))
+    scores, ids = index.search(vectors, k, nprobe=nprobe, rerank_k=rerank_k, shard_ids=shard_ids)
+    click.echo(f"searched {len(queries)} queries in {time.perf_counter() - started:.3f} s", err=True)
     if out_format == "npz":
         if out is None:
             raise RkitError("--format npz writes a file: give --out FILE.npz")
-        save_partial(out, scores, ids, names, index, shard_ids)
-        click.echo(f"wrote {len(names)} x {ids.shape[1]} partial results to {out}", err=True)
+        save_partial(out, scores, ids, queries.paths, index, shard_ids)
+        click.echo(f"wrote {len(queries)} x {ids.shape[1]} partial results to {out}", err=True)
         return
-    write_results(names, scores, ids, source, out_format, out,
+    write_results(list(queries.paths), scores, ids, source, out_format, out,
                   {"database": str(database_file), "k": k, "rerank": str(chain) if chain else "none",
                    "index": f"loaded {index.params.kind}" if load_index else index_kind})
 
@@ -204,33 +197,14 @@ def _shard_list(text: str | None) -> list[int] | None:
 
 def write_results(names: list[str], scores: np.ndarray, ids: np.ndarray, source: DescriptorSource,
                   out_format: str, out: Path | None, info: dict[str, Any]) -> None:
-    """Format results (paths looked up only for the ids shown) to ``out`` or standard output."""
+    """Format results to ``out`` or standard output; only the paths of the ids shown are decoded."""
     shown = np.unique(ids[ids >= 0])
-    database = SimpleNamespace(paths=dict(zip(shown.tolist(), source.paths_at(shown))), meta=source.meta)
-    text = format_results(names, scores, ids, database, out_format, info)
+    paths = dict(zip(shown.tolist(), source.paths_at(shown)))      # row -> path, as SearchResults reads it
+    results = SearchResults(names, scores, ids, paths, root=source.meta.get("root"), info=info)  # type: ignore[arg-type]
+    text = format_results(results, out_format)
     if out is None:
         click.echo(text, nl=False)
     else:
         write_text_atomic(out, text)
         write_resolved_config(out)
         click.echo(f"wrote {len(names)} x {ids.shape[1]} results to {out}", err=True)
-
-
-def format_results(names: list[str], scores: np.ndarray, ids: np.ndarray, database: Any,
-                   out_format: str, info: dict[str, Any]) -> str:
-    """TSV (``query, rank, score, path`` with a header line) or JSON text of the results."""
-    rows = [
-        [(rank + 1, database.paths[i], float(s)) for rank, (i, s) in enumerate(zip(id_row.tolist(), score_row.tolist()))
-         if i >= 0]
-        for id_row, score_row in zip(ids, scores)
-    ]
-    if out_format == "json":
-        document = {**info, "root": database.meta.get("root"), "results": [
-            {"query": name, "neighbours": [{"rank": r, "path": p, "score": round(s, 6)} for r, p, s in hits]}
-            for name, hits in zip(names, rows)
-        ]}
-        return json.dumps(document, indent=2) + "\n"
-    lines = ["query\trank\tscore\tpath"]
-    for name, hits in zip(names, rows):
-        lines.extend(f"{name}\t{r}\t{s:.6f}\t{p}" for r, p, s in hits)
-    return "\n".join(lines) + "\n"

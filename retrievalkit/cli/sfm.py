@@ -14,6 +14,7 @@ import click
 
 from ..config import write_resolved_config
 from ..errors import RkitError
+from ..outputs import check_output_path
 from ..sfm import SfmOptions
 
 _DEFAULTS = SfmOptions()
@@ -85,6 +86,7 @@ def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, d
         return
     if out_dir is None:
         raise RkitError("--out DIR is required: the folder to write the training database to.")
+    check_output_path(out_dir, [images, dbpkl, root / "ims" if root is not None else None], folder=True)
     if dbpkl is not None:
         from ..dbpkl import import_dbpkl
 

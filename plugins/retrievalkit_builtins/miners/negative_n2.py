@@ -1,7 +1,7 @@
 """N2: the nearest images of other 3D models, at most one per model (Radenović et al. 2016, sec. 3.2).
 
 N2(q) is N1(q) with the extra rule that no two negatives come from the same 3D model, for more
-variety (SPEC 4). It ranks the pool with one faiss search and keeps the best image of each
+variety (docs/definitions.md §4). It ranks the pool with one faiss search and keeps the best image of each
 model in numpy (:func:`retrievalkit.mining.first_per_model`).
 
 Too few models: when the pool holds fewer models (other than q's) than ``num_negatives``, the
