@@ -67,7 +67,9 @@ def test_dba_then_aqe_searches_the_augmented_database_and_ranks():
     nearest = int(np.argmax(db @ q[0]))
     s = float(db[nearest] @ q[0])
     np.testing.assert_allclose(expanded[0], unit(q[0] + s * db[nearest]), rtol=1e-5)
-    assert rank(X, q, chain).tolist() == np.argsort(-(db @ expanded[0]), kind="stable")[None].tolist()
+    rankings, scores = rank(X, q, chain)
+    assert rankings.tolist() == np.argsort(-(db @ expanded[0]), kind="stable")[None].tolist()
+    np.testing.assert_allclose(scores[0], np.sort(db @ expanded[0])[::-1], rtol=1e-5)   # re-ranked scores
     assert str(chain) == "aqe:alpha=1:k=1+dba:alpha=1:k=1"
 
 
