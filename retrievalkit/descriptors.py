@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RkitError
+from .errors import RkitError, RkitWarning
 from .npzfile import load_npz, save_npz
 
 FORMAT_VERSION = 1
@@ -121,11 +121,11 @@ class DescriptorSet:
         """These descriptors whitened by a fitted whitening, the meta recording it (and ``file``).
 
         ``whitening`` is a :class:`retrievalkit.whitening.FittedWhitening`. Whitening descriptors
-        that are already whitened composes the two: that is warned about (``UserWarning``).
+        that are already whitened composes the two: that is warned about (:class:`RkitWarning`).
         """
         if self.meta.get("whitening"):
             warnings.warn(f"these descriptors are already whitened ({self.meta['whitening'].get('method')}); "
-                          f"whitening them again composes the two whitenings", stacklevel=2)
+                          f"whitening them again composes the two whitenings", RkitWarning, stacklevel=2)
         meta = {k: v for k, v in self.meta.items() if k != "format_version"}
         meta["whitening"] = whitening.describe(file)
         return DescriptorSet(whitening.apply(self.descriptors), self.paths, meta)

@@ -70,12 +70,12 @@ class SearchResults:
                 for name, hits in zip(self.query_names, self.hits()) for hit in hits]
 
 
-def load_queries(files: Sequence[str | Path], dim: int | None = None) -> DescriptorSet:
-    """Stack the descriptors of several descriptors files (queries), checking one dimension.
+def load_queries(files: Sequence[str | Path | DescriptorSet], dim: int | None = None) -> DescriptorSet:
+    """Stack several query sets (descriptors files, or :class:`DescriptorSet`s) into one.
 
     ``dim`` is the database's dimension, if the queries must match it.
     """
-    sets = [DescriptorSet.load(f) for f in files]
+    sets = [f if isinstance(f, DescriptorSet) else DescriptorSet.load(f) for f in files]
     dims = sorted({s.dim for s in sets})
     if len(dims) > 1 or (dim is not None and dims and dims != [dim]):
         against = f"the database is {dim}-D" if dim is not None else "they must have one dimension"
@@ -127,8 +127,15 @@ def to_json(results: SearchResults) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def to_hloc_pairs(results: SearchResults) -> str:
+    """hloc's pairs-from-retrieval file (:func:`retrievalkit.hloc.results_to_pairs_text`)."""
+    from .hloc import results_to_pairs_text
+
+    return results_to_pairs_text(results)
+
+
 #: format name -> writer; ``rkit search --format`` offers every key
-FORMATS: dict[str, Callable[[SearchResults], str]] = {"tsv": to_tsv, "json": to_json}
+FORMATS: dict[str, Callable[[SearchResults], str]] = {"tsv": to_tsv, "json": to_json, "hloc-pairs": to_hloc_pairs}
 
 
 def format_results(results: SearchResults, out_format: str = "tsv") -> str:

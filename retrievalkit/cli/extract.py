@@ -20,14 +20,18 @@ _SHOWN_FAILURES = 20
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @model_options
 @click.option("--out", type=click.Path(path_type=Path), default=Path("descriptors.npz"),
-              show_default=True, help="Descriptors file to write (.npz), or store folder with --format shards.")
-@click.option("--format", "out_format", type=click.Choice(["npz", "shards", "shards16"]), default="npz",
-              show_default=True, help="npz: one file; shards / shards16: append a float32 / float16 shard to the "
-                                      "store folder OUT (docs/search.md), for databases beyond RAM.")
+              show_default=True, help="Descriptors file to write (.npz or .h5), or store folder with --format shards.")
+@click.option("--format", "out_format", type=click.Choice(["npz", "h5", "shards", "shards16"]), default="npz",
+              show_default=True,
+              help="npz: retrievalkit's descriptors file; h5: hloc's global-feature HDF5 (one group per "
+                   "image name with 'global_descriptor'; needs h5py: pip install \"retrievalkit[hloc]\"); "
+                   "shards / shards16: append a float32 / float16 shard to the store folder OUT "
+                   "(docs/search.md), for databases beyond RAM. With h5 the default --out is descriptors.h5.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Keep partial results in OUT-stem.partial.npz and continue from them after an interruption.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def command(source: Path, model_options: ModelOptions, out: Path, out_format: str, resume: bool, progress: bool) -> None:
+def command(source: Path, model_options: ModelOptions, out: Path, out_format: str, resume: bool,
+            progress: bool) -> None:
     """Extract global descriptors of the images in SOURCE.
 
     SOURCE is a folder (searched recursively) or a text file with one image path per line
@@ -36,7 +40,14 @@ def command(source: Path, model_options: ModelOptions, out: Path, out_format: st
     \b
     rkit extract photos/ --pooling gem --image-size 448 --out photos.npz
     rkit extract photos/ --model runs/ft --scales 1,0.707,0.5 --whitening lw.npz
+    rkit extract photos/ --format h5 --out global-feats.h5          (hloc's global features)
     """
+    if out_format == "h5":
+        from ..hloc import require_h5py
+
+        require_h5py()  # before the extraction, not after it
+        if click.get_current_context().get_parameter_source("out") == click.core.ParameterSource.DEFAULT:
+            out = out.with_suffix(".h5")
     check_output_path(out, [source, model_options.model_dir, model_options.whitening_file])
     from ..extract import extract_descriptors, list_images, partial_path, pooling_exponent  # torch: on use
 
@@ -69,12 +80,16 @@ def command(source: Path, model_options: ModelOptions, out: Path, out_format: st
         pooling_p=pooling_exponent(model), root=str(root.resolve()), source=str(source),
         failed=[[p, r] for p, r in result.failed], seconds=round(result.seconds, 3),
     )
-    if out_format == "npz":
-        DescriptorSet(descriptors, result.paths, meta).save(out)
-    else:
+    if out_format == "h5":
+        from ..hloc import raw_image_sizes, write_global_features
+
+        write_global_features(out, result.paths, descriptors, raw_image_sizes(root, result.paths), meta=meta)
+    elif out_format in ("shards", "shards16"):
         from ..store import write_store
 
         write_store(out, descriptors, result.paths, meta, "float16" if out_format == "shards16" else "float32")
+    else:
+        DescriptorSet(descriptors, result.paths, meta).save(out)
     write_resolved_config(out)  # OUT.rkit-config.toml: the options this ran with
 
     click.echo(

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from ..atomic import write_text_atomic
 from ..config import write_resolved_config
@@ -34,26 +33,21 @@ def _queries(specs: tuple[str, ...], database: DescriptorSource, options: ModelO
     from ..extract import list_images
 
     files = [spec for spec in specs if Path(spec).suffix.lower() == ".npz"]
-    queries = load_queries(files, dim=database.dim)
+    sets = [DescriptorSet.load(f) for f in files]          # read (and checked) before any extraction
     image_paths: list[str] = []
     for spec in specs:
         if spec not in files:
             root, paths = list_images(Path(spec))
             image_paths.extend(str(root / p) for p in paths)
     if not image_paths:
-        return queries
+        return load_queries(sets, dim=database.dim)
     if not database.meta.get("model") and not ({"model", "backbone", "pooling"} & options.typed):
         raise RkitError("the database file does not say which model described it, so query images cannot be "
                         "described the same way: give --model DIR or --backbone/--pooling/--weights "
                         "(and --image-size, --scales, --whitening) as used for the database")
     options = ModelOptions.from_descriptor_meta(database.meta, base=options)
     result, _ = extract_with_options(options, image_paths, root=None, progress=progress, what="query images")
-    described = DescriptorSet(result.descriptors, result.paths)
-    if described.dim != database.dim:
-        raise RkitError(f"query descriptors are {described.dim}-D but the database is {database.dim}-D: describe "
-                        f"queries and database with the same model and whitening")
-    return DescriptorSet(np.concatenate([queries.descriptors, described.descriptors]),
-                         queries.paths + described.paths)
+    return load_queries([*sets, DescriptorSet(result.descriptors, result.paths)], dim=database.dim)
 
 
 def index_params_options(function):
@@ -122,8 +116,11 @@ def _index_for(source: DescriptorSource, load_index: Path | None, params: IndexP
 @click.option("--rerank", "rerank_spec", default="none", show_default=True, metavar="SPEC",
               help="Re-rankers (`rkit plugins`), joined by '+': aqe, dba, dba+aqe:k=2:alpha=3.")
 @click.option("--format", "out_format", type=click.Choice([*FORMATS, "npz"]), default="tsv", show_default=True,
-              help="tsv: query, rank, score, path per line (with a header); json: one document; npz: raw "
+              help="tsv: query, rank, score, path per line (with a header); json: one document; hloc-pairs: "
+                   "'query match' per line, hloc's pairs-from-retrieval file (no self-matches); npz: raw "
                    "scores and row ids (partial results for `rkit index merge`).")
+@click.option("--num-matched", type=click.IntRange(min=1), default=None,
+              help="With --format hloc-pairs: matches per query (default: -k).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the results here (atomically) instead of to standard output.")
 @model_options
@@ -131,7 +128,8 @@ def _index_for(source: DescriptorSource, load_index: Path | None, params: IndexP
 def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kind: str, nlist: int | None,
             pq_m: int | None, opq: bool, nprobe: int | None, rerank_k: int | None, train_size: int, n_shards: int,
             save_index: Path | None, load_index: Path | None, use_shards: str | None, rerank_spec: str,
-            out_format: str, out: Path | None, model_options: ModelOptions, progress: bool) -> None:
+            out_format: str, num_matched: int | None, out: Path | None, model_options: ModelOptions,
+            progress: bool) -> None:
     """Search DATABASE (a descriptors file or store folder) for each of QUERIES.
 
     A query is a descriptors file (.npz), an image, a folder of images or a text file listing
@@ -142,6 +140,7 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
     rkit search db.npz photo.jpg other/ --image-size 448 --rerank dba+aqe
     rkit search db.npz --index ivfpq --pq-m 16 --opq --save-index db.index   (build once)
     rkit search db.npz q.npz --load-index db.index --nprobe 8 --rerank-k 200
+    rkit search db.npz db.npz --format hloc-pairs --num-matched 20 --out pairs.txt   (for hloc / rkit sfm --pairs)
     """
     from ..rerank import IndexNeighbours, as_chain
     from ..store import ArraySource, open_descriptors
@@ -171,6 +170,11 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
         click.echo(f"wrote index to {save_index}", err=True)
     if not query_specs:
         return
+    info = {"database": str(database_file), "k": k, "rerank": str(chain) if chain else "none",
+            "index": f"loaded {index.params.kind}" if load_index else index_kind}
+    if out_format == "hloc-pairs":  # one more, as the query itself is dropped when in the database
+        info["num_matched"] = num_matched or k
+        k = min(info["num_matched"] + 1, source.count)
     shard_ids, started = _shard_list(use_shards), time.perf_counter()
     vectors = queries.descriptors if chain is None else chain.transform_queries(queries.descriptors,
                                                                                 IndexNeighbours(index))
@@ -182,9 +186,7 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
         save_partial(out, scores, ids, queries.paths, index, shard_ids)
         click.echo(f"wrote {len(queries)} x {ids.shape[1]} partial results to {out}", err=True)
         return
-    write_results(list(queries.paths), scores, ids, source, out_format, out,
-                  {"database": str(database_file), "k": k, "rerank": str(chain) if chain else "none",
-                   "index": f"loaded {index.params.kind}" if load_index else index_kind})
+    write_results(list(queries.paths), scores, ids, source, out_format, out, info)
 
 
 def _shard_list(text: str | None) -> list[int] | None:
@@ -199,8 +201,11 @@ def _shard_list(text: str | None) -> list[int] | None:
 def write_results(names: list[str], scores: np.ndarray, ids: np.ndarray, source: DescriptorSource,
                   out_format: str, out: Path | None, info: dict[str, Any]) -> None:
     """Format results to ``out`` or standard output; only the paths of the ids shown are decoded."""
-    shown = np.unique(ids[ids >= 0])
-    paths = dict(zip(shown.tolist(), source.paths_at(shown)))      # row -> path, as SearchResults reads it
+    if out_format == "hloc-pairs":       # the pairs writer walks every database name
+        paths: Any = source.all_paths()
+    else:                                # row -> path for the rows shown: no N Python strings
+        shown = np.unique(ids[ids >= 0])
+        paths = dict(zip(shown.tolist(), source.paths_at(shown)))
     results = SearchResults(names, scores, ids, paths, root=source.meta.get("root"), info=info)  # type: ignore[arg-type]
     text = format_results(results, out_format)
     if out is None:
