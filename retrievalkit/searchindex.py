@@ -101,7 +101,7 @@ def _fill(index: faiss.Index, source: DescriptorSource, start: int, stop: int, p
     from tqdm.auto import tqdm
 
     with tqdm(total=stop - start, desc="adding to the index", unit="vec", unit_scale=True,
-              disable=not progress) as bar:
+              disable=not progress or stop - start <= 65536) as bar:    # one block: no bar
         for _, block in source.blocks(start=start, stop=stop):
             index.add(block)
             bar.update(len(block))

@@ -20,7 +20,8 @@ Two layouts hold the same thing (row ``i``'s descriptor and image path):
 Both are read through one interface, :class:`DescriptorSource` (:func:`open_descriptors`):
 ``count``, ``dim``, ``meta``, :meth:`~DescriptorSource.blocks` (stream float32 rows),
 :meth:`~DescriptorSource.rows` (gather rows, e.g. a re-ranking shortlist), :meth:`~DescriptorSource.paths_at`
-(paths of some rows only: searching never builds N Python strings) and
+(paths of some rows only: searching never builds N Python strings; streamed and whole matrices
+are checked for NaN/inf like :meth:`DescriptorSet.load`) and
 :meth:`~DescriptorSource.fingerprint`, which identifies the content so a saved index can refuse
 descriptors it was not built from.
 """
@@ -66,9 +67,12 @@ class DescriptorSource:
     def blocks(self, block_rows: int = 65536, start: int = 0, stop: int | None = None
                ) -> Iterator[tuple[int, np.ndarray]]:
         """``(first row, float32 block)`` over rows ``[start, stop)``, ``block_rows`` at a time."""
+        from .descriptors import check_finite
+
         stop = self.count if stop is None else min(stop, self.count)
         for first in range(start, stop, block_rows):
-            yield first, np.ascontiguousarray(self._slice(first, min(stop, first + block_rows)), dtype=np.float32)
+            block = np.ascontiguousarray(self._slice(first, min(stop, first + block_rows)), dtype=np.float32)
+            yield first, check_finite(block, f"{self.location} (rows from {first})")
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         """Float32 rows ``ids`` (any shape of int ids >= 0) -> ``ids.shape + (D,)``."""
@@ -80,9 +84,11 @@ class DescriptorSource:
         return np.take(self._slice(0, self.count), ids, axis=0)   # take: much faster than [ids] on a memmap
 
     def matrix(self) -> np.ndarray:
-        """All rows as one float32 matrix (memory-mapped where the layout allows)."""
+        """All rows as one float32 matrix (memory-mapped where the layout allows), checked finite."""
+        from .descriptors import check_finite
+
         whole = self._slice(0, self.count)
-        return whole if whole.dtype == np.float32 else whole.astype(np.float32)
+        return check_finite(whole if whole.dtype == np.float32 else whole.astype(np.float32), str(self.location))
 
     def all_paths(self) -> list[str]:
         return self.paths_at(np.arange(self.count))

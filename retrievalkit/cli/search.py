@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from ..atomic import write_text_atomic
 from ..config import write_resolved_config
