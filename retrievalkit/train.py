@@ -623,8 +623,9 @@ class Trainer:
     def wrap_for_ranks(self) -> None:
         """Under torchrun, the network that trains is a DistributedDataParallel of the model."""
         if self.ranks.distributed and not isinstance(self.net, DistributedDataParallel):
+            # no buffer broadcast in forward: ranks run different numbers of forwards per step
             self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
-                                               else None, broadcast_buffers=False)
+                                               else None, forward_sync_buffers=False)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         val = f", val mAP {record['val_map']:.4f}" if "val_map" in record else ""
