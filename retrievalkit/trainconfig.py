@@ -19,7 +19,7 @@ MODEL_DIR = "model"
 #: (default: the run directory).
 CACHE_ENV_VAR = "RKIT_CACHE"
 #: Options that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("epochs", "device", "num_workers", "progress", "threads", "precision", "checkpoint_every")
+RESUMABLE_CHANGES = ("run_dir", "epochs", "device", "num_workers", "progress", "threads", "precision", "checkpoint_every")
 
 
 @dataclasses.dataclass

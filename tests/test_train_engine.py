@@ -62,79 +62,94 @@ def checkpoint_position(run_dir: Path) -> tuple[int, int]:
     return int(state["epoch"]), int(position)
 
 
-COMMON = ("loss=\"signal-contrastive\"", "epochs=2", "queries_per_epoch=12", "tuples_per_batch=4", "whiten=\"none\"", "whiten_dim=null")
+#: 2 epochs of 12 tuples, 3 steps of 4 tuples each. SGD: its update is linear in the gradient,
+#: so between 1 and 2 ranks only the order of float sums differs (DDP's all-reduce). One torch
+#: thread everywhere: the in-process and the subprocess runs must sum floats the same way.
+OPTIONS = dict(loss="signal-contrastive", epochs=2, queries_per_epoch=12, tuples_per_batch=4, whiten="none",
+               whiten_dim=None, optimizer="sgd", lr=0.05, negatives="n2", threads=1)
+#: the largest difference allowed between the weights of a 2-rank and a 1-rank run
+DDP_TOLERANCE = 1e-5
+
+
+def as_args(**options) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in {**OPTIONS, **options}.items()]
+
+
+@pytest.fixture(scope="module")
+def reference(db_dir, tmp_path_factory) -> Path:
+    """The uninterrupted 1-process run every other run is compared with (in this process)."""
+    from retrievalkit.trainingdb import load_database
+
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    train(config(run_dir, **OPTIONS), database=load_database(db_dir), host=make_host(), log=lambda _: None)
+    return run_dir
+
+
+def resume_here(db_dir: Path, run_dir: Path, **options) -> list[str]:
+    from retrievalkit.trainingdb import load_database
+
+    messages: list[str] = []
+    train(config(run_dir, **{**OPTIONS, **options}), resume=True, database=load_database(db_dir),
+          host=make_host(), log=messages.append)
+    return messages
+
+
+def same_weights(a: Path, b: Path, atol: float = 0.0) -> bool:
+    wa, wb = weights(a), weights(b)
+    assert set(wa) == set(wb)
+    return all(torch.allclose(wa[k], wb[k], atol=atol, rtol=0) if atol else torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @needs_gloo
-def test_two_ranks_train_the_same_model_as_one_with_the_same_global_batch(db_dir, tmp_path):
-    # SGD: its update is linear in the gradient, so the only difference left is the order of
-    # float sums (DDP's all-reduce vs one process): tolerance 1e-5 on every weight.
-    options = COMMON + ("optimizer=\"sgd\"", "lr=0.05", "negatives=\"n2\"")
-    one = run_script(db_dir, tmp_path / "one", *options)
-    assert one.returncode == 0, one.stderr
-    two = run_script(db_dir, tmp_path / "two", *options, ranks=2)
+def test_two_ranks_train_the_same_model_as_one_with_the_same_global_batch(db_dir, reference, tmp_path):
+    two = run_script(db_dir, tmp_path / "two", *as_args(), ranks=2)
     assert two.returncode == 0, two.stderr
-    wa, wb = weights(tmp_path / "one"), weights(tmp_path / "two")
-    fresh = torch.load(tmp_path / "one" / "model" / "weights.pt", weights_only=True)
-    assert set(wa) == set(wb) == set(fresh)
-    for key in wa:
-        assert torch.allclose(wa[key], wb[key], atol=1e-5, rtol=0), key
-    ma, mb = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert same_weights(reference, tmp_path / "two", atol=DDP_TOLERANCE)
+    ma, mb = metrics(reference), metrics(tmp_path / "two")
     assert [m["tuples_trained"] for m in ma] == [m["tuples_trained"] for m in mb] == [12, 12]
     for a, b in zip(ma, mb):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    # only rank 0 wrote files: one metrics line per epoch, one summary, no stray files
+        assert a["queries_short_of_models"] == b["queries_short_of_models"]
+    # only rank 0 wrote files: one metrics line per epoch, one summary
     assert len((tmp_path / "two" / METRICS_NAME).read_text().splitlines()) == 2
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["ranks"] == 2
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["ranks"] == 2
 
 
 @needs_gloo
-def test_a_two_rank_run_resumes_on_one_rank(db_dir, tmp_path):
-    options = COMMON + ("optimizer=\"sgd\"", "lr=0.05", "checkpoint_every=\"4t\"")
-    straight = run_script(db_dir, tmp_path / "straight", *options)
-    assert straight.returncode == 0, straight.stderr
-    first = run_script(db_dir, tmp_path / "moved", *options, env={"RKIT_TEST_SIGNAL": "TERM:3"}, ranks=2)
+def test_a_two_rank_run_stopped_by_sigterm_resumes_on_one_rank(db_dir, reference, tmp_path):
+    # each rank has 2 tuples per step: its 3rd loss call is in step 2, so both stop after 8 tuples
+    first = run_script(db_dir, tmp_path / "moved", *as_args(checkpoint_every="0"),
+                       env={"RKIT_TEST_SIGNAL": "TERM:3"}, ranks=2)
     assert first.returncode != 0
-    assert checkpoint_position(tmp_path / "moved")[1] > 0
-    resumed = run_script(db_dir, tmp_path / "moved", *options, resume=True)
-    assert resumed.returncode == 0, resumed.stderr
-    wa, wb = weights(tmp_path / "straight"), weights(tmp_path / "moved")
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-5, rtol=0) for k in wa)
+    assert checkpoint_position(tmp_path / "moved") == (0, 8)
+    resume_here(db_dir, tmp_path / "moved")
+    assert same_weights(reference, tmp_path / "moved", atol=DDP_TOLERANCE)
 
 
-def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(db_dir, tmp_path):
-    options = COMMON + ("checkpoint_every=\"4t\"", "num_workers=1")
-    straight = run_script(db_dir, tmp_path / "straight", *options)
-    assert straight.returncode == 0, straight.stderr
+def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(db_dir, reference, tmp_path):
     # the loss is called once per tuple: call 19 is in epoch 2, step 2 (tuples 17-20), after the
     # in-epoch checkpoint at 4 of 12 tuples of epoch 2
-    killed = run_script(db_dir, tmp_path / "killed", *options, env={"RKIT_TEST_SIGNAL": "KILL:19"})
-    assert killed.returncode == -signal.SIGKILL
+    killed = run_script(db_dir, tmp_path / "killed", *as_args(checkpoint_every="4t", num_workers=1),
+                        env={"RKIT_TEST_SIGNAL": "KILL:19"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert checkpoint_position(tmp_path / "killed") == (1, 4)
-    resumed = run_script(db_dir, tmp_path / "killed", *options, resume=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "epoch 2 at tuple 4 of 12" in resumed.stderr
-    wa, wb = weights(tmp_path / "straight"), weights(tmp_path / "killed")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert metrics(tmp_path / "straight") == metrics(tmp_path / "killed")
+    messages = resume_here(db_dir, tmp_path / "killed", checkpoint_every="4t", num_workers=1)
+    assert any("epoch 2 at tuple 4 of 12" in m for m in messages)
+    assert same_weights(reference, tmp_path / "killed")
+    assert metrics(reference) == metrics(tmp_path / "killed")
     assert not list((tmp_path / "killed").glob(".pixels*"))
 
 
-def test_sigterm_mid_epoch_leaves_a_resumable_checkpoint(db_dir, tmp_path):
-    options = COMMON + ("checkpoint_every=\"0\"",)
-    straight = run_script(db_dir, tmp_path / "straight", *options)
-    assert straight.returncode == 0, straight.stderr
+def test_sigterm_mid_epoch_leaves_a_resumable_checkpoint(db_dir, reference, tmp_path):
     # SIGTERM at tuple 6 of epoch 1: the step (tuples 5-8) finishes, a checkpoint is written
-    stopped = run_script(db_dir, tmp_path / "stopped", *options, env={"RKIT_TEST_SIGNAL": "TERM:6"})
+    stopped = run_script(db_dir, tmp_path / "stopped", *as_args(checkpoint_every="0"),
+                         env={"RKIT_TEST_SIGNAL": "TERM:6"})
     assert stopped.returncode == 130, stopped.stderr
-    assert "--resume" in stopped.stderr
+    assert "--resume" in stopped.stderr and "epoch 1, 8 of 12 tuples" in stopped.stderr
     assert checkpoint_position(tmp_path / "stopped") == (0, 8)
-    resumed = run_script(db_dir, tmp_path / "stopped", *options, resume=True)
-    assert resumed.returncode == 0, resumed.stderr
-    wa, wb = weights(tmp_path / "straight"), weights(tmp_path / "stopped")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert metrics(tmp_path / "straight") == metrics(tmp_path / "stopped")
+    resume_here(db_dir, tmp_path / "stopped")
+    assert same_weights(reference, tmp_path / "stopped")
+    assert metrics(reference) == metrics(tmp_path / "stopped")
 
 
 WORKER_SCRIPT = """
@@ -180,38 +195,46 @@ def _alive(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"])
-def test_resume_from_a_damaged_checkpoint_is_a_clear_error(tmp_path, content):
-    database = make_database(tmp_path / "images")
-    train(config(tmp_path / "run", whiten="none", whiten_dim=None), database=database, host=make_host(),
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> tuple[Path, object]:
+    folder = tmp_path_factory.mktemp("finished")
+    database = make_database(folder / "images")
+    train(config(folder / "run", whiten="none", whiten_dim=None), database=database, host=make_host(),
           log=lambda _: None)
-    (tmp_path / "run" / CHECKPOINT_NAME).write_bytes(content)
+    return folder / "run", database
+
+
+def resume_with_checkpoint(finished_run, tmp_path, write) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], run_dir)
+    write(run_dir / CHECKPOINT_NAME)
+    train(config(run_dir, epochs=2, whiten="none", whiten_dim=None), resume=True, database=finished_run[1],
+          host=make_host(), log=lambda _: None)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"])
+def test_resume_from_a_damaged_checkpoint_is_a_clear_error(finished_run, tmp_path, content):
     with pytest.raises(RkitError, match="not a readable rkit train checkpoint.*not used"):
-        train(config(tmp_path / "run", epochs=2, whiten="none", whiten_dim=None), resume=True,
-              database=database, host=make_host(), log=lambda _: None)
+        resume_with_checkpoint(finished_run, tmp_path, lambda path: path.write_bytes(content))
 
 
-def test_resume_refuses_a_malicious_checkpoint_without_running_it(tmp_path):
+def test_resume_refuses_a_malicious_checkpoint_without_running_it(finished_run, tmp_path):
     import pickle
 
-    database = make_database(tmp_path / "images")
-    train(config(tmp_path / "run", whiten="none", whiten_dim=None), database=database, host=make_host(),
-          log=lambda _: None)
     marker = tmp_path / "pwned"
 
     class Payload:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"epoch": Payload()}, tmp_path / "run" / CHECKPOINT_NAME, pickle_module=pickle)
     with pytest.raises(RkitError, match="not a readable rkit train checkpoint"):
-        train(config(tmp_path / "run", epochs=2, whiten="none", whiten_dim=None), resume=True,
-              database=database, host=make_host(), log=lambda _: None)
+        resume_with_checkpoint(finished_run, tmp_path / "a", lambda path: torch.save(
+            {"epoch": Payload()}, path, pickle_module=pickle))
     assert not marker.exists()
-    torch.save({"epoch": 1}, tmp_path / "run" / CHECKPOINT_NAME)
     with pytest.raises(RkitError, match="not a complete rkit train checkpoint"):
-        train(config(tmp_path / "run", epochs=2, whiten="none", whiten_dim=None), resume=True,
-              database=database, host=make_host(), log=lambda _: None)
+        resume_with_checkpoint(finished_run, tmp_path / "b", lambda path: torch.save({"epoch": 1}, path))
 
 
 def test_batched_forward_gives_the_one_image_at_a_time_descriptors(tmp_path):
