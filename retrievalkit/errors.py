@@ -22,3 +22,31 @@ class ComponentOptionError(RkitError):
 
 class PluginError(RkitError):
     """A plugin that cannot be loaded: bad hook implementation, name clash, import error."""
+
+
+class OutputPathError(RkitError):
+    """An output path that would destroy an input or a folder the toolkit did not create."""
+
+
+class Interrupted(RkitError):
+    """A long command stopped by Ctrl-C or SIGTERM after saving what it could.
+
+    ``kept`` says what was saved (e.g. "412 of 1000 descriptors in out.partial.npz"), ``resume``
+    is the command line that continues the work. Long commands catch ``KeyboardInterrupt`` once
+    their state is on disk and raise this instead; ``rkit`` prints both and exits with status 130.
+    """
+
+    exit_code = 130
+
+    def __init__(self, kept: str | None = None, resume: str | None = None) -> None:
+        self.kept = kept
+        self.resume = resume
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        """The text the CLI prints: what was kept and how to resume."""
+        head = f"Interrupted: kept {self.kept}." if self.kept else "Interrupted."
+        return head + (f"\nResume with: {self.resume}" if self.resume else "")
+
+    def __reduce__(self):  # keep kept/resume through pickling (multiprocessing)
+        return (type(self), (self.kept, self.resume))

@@ -2,8 +2,10 @@
 
 Each command lives in its own module of this package (``retrievalkit.cli.extract`` ...), loaded
 only when it is run so ``rkit --help`` stays fast. User-facing errors (:class:`RkitError`) are
-printed without a traceback and exit with status 2; Ctrl-C exits with status 130 after the
-command has saved what it can.
+printed without a traceback and exit with status 2. Ctrl-C and SIGTERM (installed by
+:func:`retrievalkit.interrupt.install_sigterm_handler`) exit with status 130 after the command
+has saved what it can; a command that raises :class:`retrievalkit.errors.Interrupted` says what
+was kept and the command that resumes.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from typing import Any
 import click
 
 from ..config import add_config_option, config_option
-from ..errors import RkitError
+from ..errors import Interrupted, RkitError
+from ..interrupt import install_sigterm_handler
+
+#: printed for an interruption of a command that did not say what it kept
+INTERRUPTED_MESSAGE = ("Interrupted. Outputs already finished are kept (every file is written "
+                       "atomically); re-run the same command to resume.")
 
 #: command name -> (module, attribute, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -73,15 +80,22 @@ cli.params.insert(0, config_option())  # rkit --config FILE CMD: tables [CMD] fo
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Console-script entry point: run the CLI, turning user errors into clear messages."""
+    """Console-script entry point: run the CLI, turning user errors into clear messages.
+
+    SIGTERM is made to behave like Ctrl-C first. With ``standalone_mode=False`` click hands
+    errors back here instead of printing them itself (it turns ``KeyboardInterrupt`` into
+    ``Abort``): an :class:`Interrupted` prints what was kept and how to resume, any other
+    interruption a generic line; both exit with status 130.
+    """
+    install_sigterm_handler()
     try:
         return cli.main(args=argv, prog_name="rkit", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("Interrupted: finished outputs were kept; re-run the same command to resume.", err=True)
-        sys.exit(130)
+    except Interrupted as exc:
+        click.echo(exc.message(), err=True)
+        sys.exit(Interrupted.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo(INTERRUPTED_MESSAGE, err=True)
+        sys.exit(Interrupted.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
