@@ -47,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .atomic import write_text_atomic
 from .components import ComponentSpec
 from .device import resolve_device
-from .errors import RkitError
+from .errors import Interrupted, RkitError
 from .mining import DescriptorRows, NegativeMiner, PositiveMiner, check_enough_negatives
 from .model import ModelConfig, RetrievalModel, build_model
 from .plugins import PluginHost, get_host
@@ -651,11 +651,9 @@ class Trainer:
             if self.stop_agreed:
                 raise KeyboardInterrupt("stop requested")
 
-    def interrupted(self) -> Exception:
+    def interrupted(self) -> Interrupted:
         resume = f"rkit train --run-dir {self.run_dir} --resume"
-        self.log(f"interrupted in epoch {self.epoch + 1}: the checkpoint ({self.saved_where}) is kept; "
-                 f"continue with `{resume}`")
-        return interrupted_error(f"the checkpoint ({self.saved_where}) in {self.run_dir}", resume)
+        return Interrupted(kept=f"the checkpoint ({self.saved_where}) in {self.run_dir}", resume=resume)
 
     def fit(self) -> TrainResult:
         config = self.config
@@ -687,15 +685,6 @@ class Trainer:
         write_text_atomic(self.run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         self.ranks.barrier()
         return TrainResult(self.run_dir, model_dir, list(self.metrics), summary)
-
-
-def interrupted_error(kept: str, resume: str) -> Exception:
-    """The error an interrupted run ends with (what was kept, the command that resumes)."""
-    try:
-        from .errors import Interrupted  # type: ignore[attr-defined]
-    except ImportError:
-        return KeyboardInterrupt(f"Interrupted: kept {kept}. Resume with: {resume}")
-    return Interrupted(kept=kept, resume=resume)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
