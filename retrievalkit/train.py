@@ -1,19 +1,24 @@
 """Fine-tuning a retrieval model on tuples mined from an SfM training database.
 
 Radenović, Tolias, Chum, ECCV 2016 (sec. 3 and 4; SPEC sections 3 and 4): a siamese network
-(one set of weights for every branch) is trained on tuples ``(q, p, n_1 .. n_N)``. Every
-epoch the trainer
+(one set of weights for every branch) is trained on tuples ``(q, p, n_1 .. n_N)`` with a loss
+such as the contrastive loss (eq. 2). Every epoch the trainer
 
 1. draws ``queries_per_epoch`` queries among the images that have a co-observing image, and a
    random pool of candidate negatives (``pool_size``; all images by default);
-2. if a miner ranks by descriptor (m1, N1, N2), extracts the descriptors of the queries, their
-   co-observing images and the pool with the *current* network
-   (:func:`retrievalkit.extract.extract_descriptors`, batched) and mines with one faiss search;
-3. asks the positive miner for one positive per query and the negative miner for N negatives
-   (:mod:`retrievalkit.mining`), drops queries without a positive, and
-4. trains on the tuples: each image at ``image_size`` (longest side) through the network, the
-   loss plugin on the tuple's descriptors, gradients summed over ``tuples_per_batch`` tuples
-   per optimizer step. Batch-norm statistics are frozen by default (tiny batches of one image).
+2. if a miner ranks by descriptor (m1, N1, N2), computes the descriptors of the queries, their
+   co-observing images and the pool with the *current* network (:meth:`Trainer.describe`:
+   shape-grouped batches decoded by DataLoader workers, split over the ranks and gathered),
+   keeping the decoded pixels for step 4 (:class:`retrievalkit.tupledata.PixelCache`);
+3. mines one positive and N negatives per query (:meth:`Trainer.mine_tuples`, the one place
+   tuples are made; searches through :mod:`retrievalkit.index`), dropping queries without one;
+4. trains on the tuples, ``tuples_per_batch`` per optimizer step: the step's images decoded by
+   DataLoader workers (:mod:`retrievalkit.tupledata`), each group of one resized shape through
+   the network in one forward pass, the loss plugin on each tuple, gradients summed over the
+   step (all-reduced by DistributedDataParallel under torchrun, :mod:`retrievalkit.ranks`),
+   optionally under CUDA autocast (``precision``); batch-norm statistics frozen by default;
+5. decays the learning rate (``lr_decay``: lr x exp(-lr_decay) per epoch, as the authors'
+   public code).
 
 After the last epoch the chosen whitening is learned on the training database (descriptors of
 every image with the final network; matching pairs = the positive miner's (q, p) for every
@@ -21,10 +26,13 @@ query, non-matching = the negative miner's (q, n)) and stored in the model
 (``run_dir/model``, loadable with :func:`retrievalkit.model.load_model`).
 
 The run directory holds ``config.json`` (every option, resolved), ``metrics.jsonl`` (one line
-per epoch), ``checkpoint.pt`` (model, optimizer, random-generator states, epoch; written
-atomically after every epoch), ``model/`` and ``summary.json``. ``resume=True`` continues from
-the checkpoint and gives the same weights and metrics as an uninterrupted run with the same
-seed: all randomness comes from one ``numpy`` generator and torch's generator, both saved.
+per epoch), ``checkpoint.pt`` (:mod:`retrievalkit.trainstate`: written atomically after every
+epoch and every ``checkpoint_every`` inside one), ``model/`` and ``summary.json``.
+``resume=True`` continues from the checkpoint, also from inside an epoch and on another number
+of processes, and gives the same weights and metrics as an uninterrupted run with the same
+seed: all randomness comes from one ``numpy`` generator and torch's generators, all saved.
+Ctrl-C and SIGTERM finish the current step, write a checkpoint and raise
+:class:`retrievalkit.errors.Interrupted`.
 """
 
 from __future__ import annotations
@@ -367,14 +375,11 @@ class Trainer:
         readable = indices[shapes[:, 0] > 0]
         batches = group_batches([tuple(s) for s in self.shapes[readable]], self.config.extract_batch_size)
         mine = [readable[b] for b in batches[self.ranks.rank::self.ranks.world]]
-        ids, vectors, failed = self.embed_batches(mine, cache)
-        for part_ids, part_vectors, part_failed in self.ranks.gather((ids, vectors, failed)):
-            ids, vectors = np.concatenate([ids, part_ids]), np.concatenate([vectors, part_vectors])
-            failed = failed + part_failed
-        for index, reason in failed:
+        parts = self.ranks.gather(self.embed_batches(mine, cache))
+        for index, reason in (failure for _, _, failed in parts for failure in failed):
             self.note_bad_image(int(index), reason)
-        ids, first = np.unique(ids, return_index=True)
-        return DescriptorRows(ids, vectors[first], len(self.db))
+        return DescriptorRows(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                              len(self.db))
 
     def embed_batches(self, batches: list[np.ndarray], cache: PixelCache | None
                       ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
