@@ -183,8 +183,8 @@ def memory(args: argparse.Namespace) -> list[dict]:
     generated_database(folder)
     options = {**base_options(args), "queries_per_epoch": args.tuples, "negatives": "random-negative"}
     rows = []
-    for engine in ("old", "new"):
-        metrics = launch(engine, str(folder), dict(options), sample_memory=True)
+    for engine in ("old", "new"):   # the old loop with 1 thread: its fastest setting on a busy CPU
+        metrics = launch(engine, str(folder), {**options, "old_threads": 1}, sample_memory=True)
         samples = metrics["pss_samples"]
         quarter = [max([mb for t, mb in samples if t <= metrics["wall_s"] * q] or [0.0]) for q in (0.25, 0.5, 0.75, 1)]
         rows.append({"engine": engine, "tuples": metrics["tuples_trained"], "wall_s": round(metrics["wall_s"], 1),
@@ -201,8 +201,8 @@ def burner() -> subprocess.Popen:
 
 def contention(args: argparse.Namespace) -> list[dict]:
     rows = []
-    for engine, label in (("new", "engine (threads from affinity/quota, 2 workers)"),
-                          ("old", "old loop (torch default threads)")):
+    labels = {"new": "engine (threads from affinity/quota, 2 workers)", "old": "old loop (torch default threads)"}
+    for engine, label in ((e, labels[e]) for e in args.engines.split(",")):
         alone = launch(engine, "landmarks", base_options(args))
         burners = [burner(), burner()]
         try:
@@ -225,6 +225,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=12)
     parser.add_argument("--tuples", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--engines", default="new", help="contention: new and/or old, comma-separated")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
