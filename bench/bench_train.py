@@ -183,7 +183,7 @@ def memory(args: argparse.Namespace) -> list[dict]:
     generated_database(folder)
     options = {**base_options(args), "queries_per_epoch": args.tuples, "negatives": "random-negative"}
     rows = []
-    for engine in ("old", "new"):   # the old loop with 1 thread: its fastest setting on a busy CPU
+    for engine in args.engines.split(","):   # the old loop with 1 thread: its fastest on a busy CPU
         metrics = launch(engine, str(folder), {**options, "old_threads": 1}, sample_memory=True)
         samples = metrics["pss_samples"]
         quarter = [max([mb for t, mb in samples if t <= metrics["wall_s"] * q] or [0.0]) for q in (0.25, 0.5, 0.75, 1)]
@@ -225,7 +225,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=12)
     parser.add_argument("--tuples", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--engines", default="new", help="contention: new and/or old, comma-separated")
+    parser.add_argument("--engines", default="new", help="memory, contention: new and/or old, comma-separated")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)

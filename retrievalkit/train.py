@@ -54,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .atomic import write_text_atomic
 from .components import ComponentSpec
-from .device import resolve_device
+from .device import release_freed_memory, resolve_device
 from .errors import Interrupted, RkitError
 from .mining import DescriptorRows, NegativeMiner, PositiveMiner, check_enough_negatives
 from .model import ModelConfig, RetrievalModel, build_model
@@ -516,6 +516,7 @@ class Trainer:
             self.scaler.update()
         state.sums = [a + b for a, b in zip(state.sums, totals[:4])]
         self.stop_agreed = totals[4] > 0
+        release_freed_memory()   # activations of many shapes: keep the heap from creeping up
         return totals[5] > 0
 
     def forward_groups(self, batch: dict[str, Any], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
