@@ -165,9 +165,11 @@ def throughput(args: argparse.Namespace) -> list[dict]:
     """The old loop with torch's default threads and with 1 thread (its best on a busy CPU),
     then the engine."""
     rows = []
-    for engine, label, extra in (("old", "old loop, torch default threads", {}),
-                                 ("old", "old loop, 1 thread", {"old_threads": 1}),
-                                 ("new", f"engine, --workers {args.workers}", {})):
+    variants = {"old-default": ("old", "old loop, torch default threads", {}),
+                "old-1thread": ("old", "old loop, 1 thread", {"old_threads": 1}),
+                "new": ("new", f"engine, --workers {args.workers}", {})}
+    chosen = args.engines.split(",") if args.engines != "new" else list(variants)
+    for engine, label, extra in (variants[name] for name in chosen):
         metrics = launch(engine, "landmarks", {**base_options(args), **extra})
         rows.append({"engine": label, "tuples": metrics["tuples_trained"], "tuples_per_s": metrics["tuples_per_s"],
                      "training_s": metrics["training_s"], "mining_s": metrics["mining_s"],
@@ -185,10 +187,13 @@ def memory(args: argparse.Namespace) -> list[dict]:
     rows = []
     for engine in args.engines.split(","):   # the old loop with 1 thread: its fastest on a busy CPU
         metrics = launch(engine, str(folder), {**options, "old_threads": 1}, sample_memory=True)
-        samples = metrics["pss_samples"]
-        quarter = [max([mb for t, mb in samples if t <= metrics["wall_s"] * q] or [0.0]) for q in (0.25, 0.5, 0.75, 1)]
-        rows.append({"engine": engine, "tuples": metrics["tuples_trained"], "wall_s": round(metrics["wall_s"], 1),
-                     "peak_pss_mb_by_quarter": [round(v) for v in quarter]})
+        samples, wall = metrics["pss_samples"], metrics["wall_s"]
+        quarters = [[mb for t, mb in samples if wall * (q - 0.25) < t <= wall * q] or [0.0]
+                    for q in (0.25, 0.5, 0.75, 1.0)]
+        rows.append({"engine": engine, "tuples": metrics["tuples_trained"], "wall_s": round(wall, 1),
+                     "tuples_per_s": metrics["tuples_per_s"],
+                     "max_pss_mb_per_quarter": [round(max(v)) for v in quarters],
+                     "median_pss_mb_per_quarter": [round(float(np.median(v))) for v in quarters]})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -225,7 +230,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=12)
     parser.add_argument("--tuples", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--engines", default="new", help="memory, contention: new and/or old, comma-separated")
+    parser.add_argument("--engines", default="new", help="memory, contention: new and/or old; throughput: old-default, old-1thread, new (default: all)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)

@@ -524,8 +524,9 @@ class Trainer:
         as row indices into them. Under DDP the gradient all-reduce is armed by the last
         forward only (the others run under ``no_sync``); a rank without tuples runs a dummy."""
         needed = np.unique(rows)
-        groups = [(ids[keep], images[keep]) for ids, images in zip(batch["ids"], batch["images"])
-                  for keep in [torch.from_numpy(np.isin(ids.numpy(), needed))] if bool(keep.any())]
+        groups = [(ids[keep][chunk], images[keep][chunk]) for ids, images in zip(batch["ids"], batch["images"])
+                  for keep in [torch.from_numpy(np.isin(ids.numpy(), needed))] if bool(keep.any())
+                  for chunk in power_of_two_chunks(int(keep.sum()))]
         if not groups and self.ranks.distributed:
             groups = [(torch.zeros(0, dtype=torch.long), torch.zeros(1, 3, 64, 64, dtype=torch.uint8))]
         outputs, ids = [], []
@@ -691,6 +692,21 @@ class Trainer:
         write_text_atomic(self.run_dir / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
         self.ranks.barrier()
         return TrainResult(self.run_dir, model_dir, list(self.metrics), summary)
+
+
+def power_of_two_chunks(count: int, largest: int = 32) -> list[slice]:
+    """Cut ``count`` items into chunks of 32, 16, ... 1 (13 -> 8 + 4 + 1).
+
+    CPU convolution libraries (oneDNN) build and cache a kernel for every input shape, batch
+    size included; arbitrary group sizes would make a new kernel for most steps (slow, and the
+    cache grows all epoch). With power-of-two batches a few shapes serve a whole run.
+    """
+    chunks, start = [], 0
+    while start < count:
+        size = min(largest, 1 << ((count - start).bit_length() - 1))
+        chunks.append(slice(start, start + size))
+        start += size
+    return chunks
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
