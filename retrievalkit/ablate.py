@@ -1,8 +1,8 @@
 """Ablation grids: every combination of components and options, with the work shared.
 
 An ablation evaluates each *cell* of a grid (a choice of backbone, weights, pooling, image
-size, scales, whitening and output dimension) on a folder-per-class collection (SPEC section
-5: every image a query against the others, mAP and mP@k).
+size, scales, whitening and output dimension) on a folder-per-class collection
+(docs/definitions.md §5: every image a query against the others, mAP and mP@k).
 
 Work sharing. Extracting descriptors is the expensive step; whitening and dimension reduction
 act on descriptors. The cells are therefore grouped by their *extraction key* (backbone,
@@ -57,7 +57,7 @@ from .atomic import write_text_atomic
 from .components import ComponentSpec
 from .descriptors import DescriptorSet
 from .errors import RkitError
-from .model import ModelConfig
+from .settings import ModelConfig
 
 ABLATION_FORMAT_VERSION = 1
 
@@ -151,6 +151,54 @@ def _set_option(spec: str, option: str, value: str) -> str:
     return str(ComponentSpec(parsed.name, options))
 
 
+#: options a cell sets through another setting (``weights``, ``dim``): left out of a resolved
+#: spec unless written in it
+_SET_ELSEWHERE: dict[str, tuple[str, ...]] = {"backbone": ("weights",), "whitening": ("dim",)}
+
+
+def _option_text(value: Any) -> str:
+    return json.dumps(value) if value is None or isinstance(value, (bool, int, float)) else str(value)
+
+
+def resolve_spec(kind: str, text: str) -> str:
+    """``text`` with every option of its component written out: defaults filled in, values converted.
+
+    ``rmac`` and ``rmac:levels=3`` (3 being the factory's default) resolve to the same text, as
+    do ``gem:p=3`` and ``gem:p=3.0``; cells are keyed on resolved specs so such spellings are one
+    cell and one extraction. A spec that cannot be resolved (unknown name, bad option) is
+    returned as written: its cell fails with that error when it runs.
+    """
+    from .components import convert_value, validate_options
+    from .plugins import get_host
+
+    try:
+        spec = ComponentSpec.parse(text)
+        known = get_host().get(kind, spec.name).component.options()
+        given = validate_options(spec.name, known, spec.options)
+        defaults = {name: convert_value(spec.name, option, option.default) for name, option in known.items()
+                    if not option.required and name not in _SET_ELSEWHERE.get(kind, ())}
+    except RkitError:
+        return _canonical_spec(text)
+    values = {**defaults, **given}
+    return str(ComponentSpec(spec.name, {k: _option_text(values[k]) for k in sorted(values)}))
+
+
+def resolve_settings(settings: Mapping[str, str]) -> dict[str, str]:
+    """``settings`` with component specs resolved (:func:`resolve_spec`) and numbers normalised."""
+    from .extract import parse_scales
+
+    resolved = dict(settings)
+    for key, kind in COMPONENT_AXES.items():
+        if key in resolved:
+            resolved[key] = resolve_spec(kind, resolved[key])
+    try:
+        resolved["image_size"] = str(int(resolved["image_size"]))
+        resolved["scales"] = "+".join(f"{s:g}" for s in parse_scales(resolved["scales"], separator="+"))
+    except (RkitError, ValueError):
+        pass  # kept as written: the cell fails with the parse error when it runs
+    return resolved
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One point of the grid.
@@ -158,14 +206,18 @@ class Cell:
     Attributes:
         axes: the grid values that chose it, by axis (only the axes of the grid).
         settings: every effective setting (:data:`DEFAULT_SETTINGS` keys), as text.
+        resolved: ``settings`` resolved against the components' defaults
+            (:func:`resolve_settings`): what identifies the cell and its extraction.
     """
 
     axes: Mapping[str, str]
     settings: Mapping[str, str]
+    resolved: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def extraction_key(self) -> tuple[str, ...]:
-        return tuple(self.settings[k] for k in EXTRACTION_KEYS)
+        source = self.resolved or self.settings
+        return tuple(source[k] for k in EXTRACTION_KEYS)
 
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.axes.items()) or "base"
@@ -197,7 +249,8 @@ def expand_grid(base: Mapping[str, str], grid: Mapping[str, Sequence[str]]) -> l
     """Every combination of the grid's values over ``base`` settings, duplicates removed.
 
     Cells come out in grid order (the last axis varies fastest). Two choices with the same
-    effective settings (e.g. ``whiten=none`` with different ``dim``) are one cell.
+    resolved settings (e.g. ``whiten=none`` with different ``dim``, or ``rmac`` and
+    ``rmac:levels=3`` when 3 is the default) are one cell.
     """
     unknown = set(base) - set(DEFAULT_SETTINGS)
     if unknown:
@@ -209,12 +262,13 @@ def expand_grid(base: Mapping[str, str], grid: Mapping[str, Sequence[str]]) -> l
     for values in itertools.product(*(grid[a] for a in axes)):
         choice = dict(zip(axes, values))
         settings = _effective(full_base, choice)
-        key = tuple(sorted(settings.items()))
+        resolved = resolve_settings(settings)
+        key = tuple(sorted(resolved.items()))
         if key in seen:
             continue
         seen.add(key)
         shown = {a: (settings["dim"] if a == "dim" else v) for a, v in choice.items()}
-        cells.append(Cell(shown, settings))
+        cells.append(Cell(shown, settings, resolved))
     return cells
 
 
@@ -237,11 +291,13 @@ class CellResult:
     group: str = ""
     whitening_protocol: str = ""
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    data_id: str = ""                 # which collections it was evaluated on (a hash)
     reused: bool = False              # read from a previous run
+    earlier: bool = False             # from an earlier run's grid, not this one's
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data.pop("reused")
+        data.pop("reused"), data.pop("earlier")
         return {"format": "rkit-ablation-cell", "version": ABLATION_FORMAT_VERSION, **data}
 
     @classmethod
@@ -262,10 +318,23 @@ class AblationResult:
     grid: dict[str, list[str]]
     query_paths: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     data_root: str = ""
+    #: cells of earlier runs into the same folder (same data) that this grid does not contain
+    earlier: list[CellResult] = dataclasses.field(default_factory=list)
 
     @property
     def failed(self) -> list[CellResult]:
         return [c for c in self.cells if c.status != "ok"]
+
+    @property
+    def all_cells(self) -> list[CellResult]:
+        """This grid's cells, then the earlier ones (what the results files list)."""
+        return [*self.cells, *self.earlier]
+
+    @property
+    def all_axes(self) -> list[str]:
+        """This grid's axes, then those only earlier cells vary."""
+        extra = dict.fromkeys(a for c in self.earlier for a in c.axes if a not in self.axes)
+        return [*self.axes, *extra]
 
 
 def _round(value: Any) -> float | None:
@@ -301,7 +370,7 @@ class WhiteningFits:
 
     A whitening is ``psi = L2(P (f - m))`` with the rows of ``P`` ordered by decreasing
     importance, so the ``D``-dimensional whitening is the first ``D`` rows of the full one
-    (SPEC section 2, "keeping the first D rows"; :meth:`FittedWhitening.truncated`). With
+    (docs/definitions.md §2, "keeping the first D rows"; :meth:`FittedWhitening.truncated`). With
     ``share=True`` each (descriptors, whitening, training subset) is therefore fitted once with
     every meaningful direction, stored as ``<folder>/<key>.npz``, and truncated for each
     ``dim``; asking for more dimensions than the fit has is the same error a direct fit gives.
@@ -318,12 +387,16 @@ class WhiteningFits:
         self.fit_seconds = 0.0
 
     def fitted(self, spec: str, dim: int | None, key: Mapping[str, Any], make_data: Callable[[], Any]) -> Any:
-        """The whitening ``spec`` with output ``dim``, learned on ``make_data()`` (identified by ``key``)."""
+        """The whitening ``spec`` with output ``dim``, learned on ``make_data()`` (identified by ``key``).
+
+        ``key["spec"]``, if given, identifies the whitening instead of ``spec`` as written (the
+        resolved spec: two spellings of one whitening share a fit).
+        """
         from .whitening import FittedWhitening, fit_whitening
 
         if not self.share:
             return self._fit(lambda: fit_whitening(spec, make_data(), dim))
-        name = _hash({"spec": spec, **key}, 16)
+        name = _hash({"spec": spec, **key}, 16)  # a "spec" in key wins
         full = self.memory.get(name)
         path = self.folder / f"{name}.npz" if self.folder is not None else None
         if full is None and path is not None and path.is_file():
@@ -371,14 +444,12 @@ def evaluate_cell(settings: Mapping[str, str], evaluation: _Collection, whitenin
     fits = fits if fits is not None else WhiteningFits(share=False)
     fit_key = dict(fit_key or {})
     fit_before = fits.fit_seconds
-    spec = settings["whiten"]
-    dim = parse_dim(settings["dim"])
-    labels = np.asarray(evaluation.labels)
-    x = evaluation.descriptors
-    eval_s = 0.0
-    is_identity = ComponentSpec.parse(spec).name == "none"
-    if is_identity or whitening_set is not None:
-        if is_identity:
+    spec, dim, x = settings["whiten"], parse_dim(settings["dim"]), evaluation.descriptors
+    if ComponentSpec.parse(spec).name != "none" and whitening_set is None:
+        per_query, precision, out_dim, eval_s = _leave_one_class_out(spec, dim, evaluation, fits, fit_key)
+        protocol = "leave-one-class-out"
+    else:
+        if ComponentSpec.parse(spec).name == "none":
             projected, protocol, out_dim = x, "none", x.shape[1]
         else:
             assert whitening_set is not None
@@ -388,35 +459,45 @@ def evaluate_cell(settings: Mapping[str, str], evaluation: _Collection, whitenin
         start = time.perf_counter()
         result = evaluate_folder_collection(projected, evaluation.labels, names=evaluation.paths)
         eval_s = time.perf_counter() - start
-        per_query = result.per_query_ap
-        precision = result.per_query_precision
-    else:
-        protocol = "leave-one-class-out"
-        per_query = np.full(len(labels), np.nan)
-        precision = {}
-        out_dim = None
-        for cls in sorted(set(labels.tolist())):
-            held_out = labels == cls
-            fitted = fits.fitted(spec, dim, {**fit_key, "train": f"all but {cls}"},
-                                 lambda: WhiteningData.from_labels(x[~held_out], labels[~held_out].tolist()))
-            start = time.perf_counter()
-            result = evaluate_folder_collection(fitted.apply(x), evaluation.labels, names=evaluation.paths)
-            eval_s += time.perf_counter() - start
-            per_query[held_out] = result.per_query_ap[held_out]
-            for k, values in result.per_query_precision.items():
-                precision.setdefault(k, np.full(len(labels), np.nan))[held_out] = values[held_out]
-            out_dim = fitted.out_dim if out_dim is None else min(out_dim, fitted.out_dim)
-    per_class = {str(c): _round(np.nanmean(per_query[labels == c])) if np.isfinite(per_query[labels == c]).any()
-                 else None for c in sorted(set(labels.tolist()))}
-    return {
-        "map": _round(np.nanmean(per_query)) if np.isfinite(per_query).any() else None,
-        "mp_at_k": {str(k): _round(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in precision.items()},
-        "per_class_ap": per_class,
-        "per_query_ap": [_round(v) for v in per_query],
-        "out_dim": int(out_dim) if out_dim is not None else None,
-        "whitening_protocol": protocol,
-        "seconds": {"fit": round(fits.fit_seconds - fit_before, 3), "evaluate": round(eval_s, 3)},
-    }
+        per_query, precision = result.per_query_ap, result.per_query_precision
+    return {**_summarise(per_query, precision, np.asarray(evaluation.labels)),
+            "out_dim": int(out_dim) if out_dim is not None else None, "whitening_protocol": protocol,
+            "seconds": {"fit": round(fits.fit_seconds - fit_before, 3), "evaluate": round(eval_s, 3)}}
+
+
+def _leave_one_class_out(spec: str, dim: int | None, evaluation: _Collection, fits: WhiteningFits,
+                         fit_key: Mapping[str, Any]) -> tuple[np.ndarray, dict[Any, np.ndarray], int | None, float]:
+    """Per-query AP and precision, each class ranked with a whitening learned on the others."""
+    from .evaluate import evaluate_folder_collection
+    from .whitening import WhiteningData
+
+    labels, x = np.asarray(evaluation.labels), evaluation.descriptors
+    per_query = np.full(len(labels), np.nan)
+    precision: dict[Any, np.ndarray] = {}
+    out_dim, eval_s = None, 0.0
+    for cls in sorted(set(labels.tolist())):
+        held_out = labels == cls
+        fitted = fits.fitted(spec, dim, {**fit_key, "train": f"all but {cls}"},
+                             lambda: WhiteningData.from_labels(x[~held_out], labels[~held_out].tolist()))
+        start = time.perf_counter()
+        result = evaluate_folder_collection(fitted.apply(x), evaluation.labels, names=evaluation.paths)
+        eval_s += time.perf_counter() - start
+        per_query[held_out] = result.per_query_ap[held_out]
+        for k, values in result.per_query_precision.items():
+            precision.setdefault(k, np.full(len(labels), np.nan))[held_out] = values[held_out]
+        out_dim = fitted.out_dim if out_dim is None else min(out_dim, fitted.out_dim)
+    return per_query, precision, out_dim, eval_s
+
+
+def _summarise(per_query: np.ndarray, precision: Mapping[Any, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
+    """mAP, mP@k, per-class and per-query AP of a cell (NaN queries left out of the means)."""
+    def mean(values: np.ndarray) -> float | None:
+        return _round(np.nanmean(values)) if np.isfinite(values).any() else None
+
+    return {"map": mean(per_query),
+            "mp_at_k": {str(k): mean(v) for k, v in precision.items()},
+            "per_class_ap": {str(c): mean(per_query[labels == c]) for c in sorted(set(labels.tolist()))},
+            "per_query_ap": [_round(v) for v in per_query]}
 
 
 # -- running a grid ---------------------------------------------------------------------------
@@ -502,129 +583,203 @@ def _check_collection(root: Path, paths: list[str], what: str, option: str) -> N
         )
 
 
-def run_ablation(base: Mapping[str, str], grid: Mapping[str, Sequence[str]], options: AblationOptions,
-                 echo: Callable[[str], None] | None = None) -> AblationResult:
-    """Run (or resume) the grid; see the module docstring. Returns every cell's result.
+@dataclasses.dataclass
+class _Inputs:
+    """The listed collections of a run and what identifies them (part of every cell id)."""
 
-    ``base`` holds the settings that the grid does not vary (missing ones take
-    :data:`DEFAULT_SETTINGS`). Nothing but a problem with the inputs themselves raises: a
-    cell that fails is recorded as failed.
-    """
-    from tqdm.auto import tqdm
+    eval_root: Path
+    eval_paths: list[str]
+    whiten_root: Path | None
+    whiten_paths: list[str] | None
+    identity: dict[str, Any]
 
+    @property
+    def data_id(self) -> str:
+        return _hash(self.identity)
+
+
+def _list_inputs(options: AblationOptions) -> _Inputs:
     from .extract import list_images
 
-    echo = echo or (lambda message: tqdm.write(message))
-    started = time.perf_counter()
-    out = Path(options.out_dir)
-    (out / "cells").mkdir(parents=True, exist_ok=True)
     eval_root, eval_paths = list_images(options.data)
     _check_collection(eval_root, eval_paths, "--data", "--data")
     whiten_root = whiten_paths = None
     if options.whiten_data is not None:
         whiten_root, whiten_paths = list_images(options.whiten_data)
         _check_collection(whiten_root, whiten_paths, "--whiten-data", "--whiten-data")
-    data_identity = {
+    identity = {
         "data": str(Path(eval_root).resolve()), "images": _hash(eval_paths, 16),
         "whiten_data": None if whiten_root is None else str(Path(whiten_root).resolve()),
         "whiten_images": None if whiten_paths is None else _hash(whiten_paths, 16),
     }
-    cells = expand_grid(base, grid)
-    axes = list(grid)
-    plan = {"format": "rkit-ablation", "version": ABLATION_FORMAT_VERSION, "base": dict(base),
-            "grid": {k: list(v) for k, v in grid.items()}, "data": data_identity, "cells": len(cells)}
-    write_text_atomic(out / "ablation.json", json.dumps(plan, indent=2) + "\n")
+    return _Inputs(Path(eval_root), eval_paths, None if whiten_root is None else Path(whiten_root),
+                   whiten_paths, identity)
 
+
+def _extraction_groups(cells: Sequence[Cell]) -> dict[tuple[str, ...], list[Cell]]:
+    """Cells by extraction key, groups of one model next to each other (each model built once)."""
     groups: dict[tuple[str, ...], list[Cell]] = {}
     for cell in cells:
         groups.setdefault(cell.extraction_key, []).append(cell)
-    # groups of one model next to each other, so the extractor builds each model once
     first_of_model: dict[tuple[str, ...], int] = {}
     for members in groups.values():
         first_of_model.setdefault(_model_key(members[0].settings), len(first_of_model))
-    groups = dict(sorted(groups.items(), key=lambda item: first_of_model[_model_key(item[1][0].settings)]))
+    return dict(sorted(groups.items(), key=lambda item: first_of_model[_model_key(item[1][0].settings)]))
 
-    extractor = _Extractor(options, echo)
-    fits = WhiteningFits(out / "whitenings", share=options.share_whitening_fits)
-    results: dict[int, CellResult] = {}
-    index_of = {id(cell): i for i, cell in enumerate(cells)}
-    stats = {"cells": len(cells), "cells_run": 0, "cells_reused": 0, "cells_failed": 0,
-             "extraction_groups": len(groups), "extractions_run": 0, "extractions_reused": 0,
-             "extractions_skipped": 0, "extraction_s": 0.0, "whitening_fit_s": 0.0, "evaluate_s": 0.0,
-             "unshared_extraction_estimate_s": 0.0}
-    query_paths: dict[str, list[str]] = {}
-    bar = tqdm(total=len(cells), desc="ablation cells", unit="cell", disable=not options.progress)
-    for key, members in groups.items():
-        group = _hash({"extraction": dict(zip(EXTRACTION_KEYS, key)), **data_identity})
-        pending: list[tuple[Cell, str]] = []
+
+def _new_stats(cells: int, groups: int) -> dict[str, Any]:
+    return {"cells": cells, "cells_run": 0, "cells_reused": 0, "cells_failed": 0,
+            "extraction_groups": groups, "extractions_run": 0, "extractions_reused": 0,
+            "extractions_skipped": 0, "extraction_s": 0.0, "whitening_fit_s": 0.0, "evaluate_s": 0.0,
+            "unshared_extraction_estimate_s": 0.0}
+
+
+class _GridRun:
+    """The state of one :func:`run_ablation`: results so far, accounting, progress bar."""
+
+    def __init__(self, cells: list[Cell], inputs: _Inputs, options: AblationOptions,
+                 echo: Callable[[str], None], bar: Any) -> None:
+        self.cells, self.inputs, self.options, self.echo, self.bar = cells, inputs, options, echo, bar
+        self.out = Path(options.out_dir)
+        self.extractor = _Extractor(options, echo)
+        self.fits = WhiteningFits(self.out / "whitenings", share=options.share_whitening_fits)
+        self.results: dict[int, CellResult] = {}
+        self.index_of = {id(cell): i for i, cell in enumerate(cells)}
+        self.stats = _new_stats(len(cells), 0)
+        self.query_paths: dict[str, list[str]] = {}
+
+    def cell_id(self, cell: Cell) -> str:
+        return _hash({"settings": dict(cell.resolved or cell.settings), **self.inputs.identity})
+
+    def record(self, cell: Cell, outcome: CellResult, counter: str | None) -> None:
+        self.results[self.index_of[id(cell)]] = outcome
+        if counter:
+            self.stats[counter] += 1
+        self.bar.update(1)
+
+    def run_group(self, key: tuple[str, ...], members: list[Cell]) -> None:
+        """Reuse the group's finished cells; extract once for the others and evaluate them."""
+        group = _hash({"extraction": dict(zip(EXTRACTION_KEYS, key)), **self.inputs.identity})
+        pending = self.reuse_finished(members)
+        if not pending:
+            stored_paths = self.out / "descriptors" / f"{group}-eval.npz"
+            if stored_paths.is_file():
+                self.query_paths[group] = DescriptorSet.load(stored_paths).paths
+            self.stats["extractions_skipped"] += 1
+            self.stats["unshared_extraction_estimate_s"] += _group_seconds(self.out, group) * len(members)
+            return
+        collections = self.extract_group(members[0], group, pending)
+        if collections is None:
+            return
+        evaluation, whitening_set, seconds = collections
+        self.stats["unshared_extraction_estimate_s"] += seconds * len(members)
+        for cell, cell_id in pending:
+            self.evaluate(cell, cell_id, group, evaluation, whitening_set, seconds)
+
+    def reuse_finished(self, members: list[Cell]) -> list[tuple[Cell, str]]:
+        """Record the cells finished by an earlier run; return the others with their ids."""
+        pending = []
         for cell in members:
-            cell_id = _hash({"settings": dict(cell.settings), **data_identity})
-            stored = _read_cell(out / "cells" / f"{cell_id}.json")
+            cell_id = self.cell_id(cell)
+            stored = _read_cell(self.out / "cells" / f"{cell_id}.json")
             if stored is not None and stored.status == "ok":
-                stored.reused, stored.axes = True, dict(cell.axes)
-                results[index_of[id(cell)]] = stored
-                stats["cells_reused"] += 1
-                bar.update(1)
+                stored.reused, stored.axes, stored.settings = True, dict(cell.axes), dict(cell.settings)
+                self.record(cell, stored, "cells_reused")
             else:
                 pending.append((cell, cell_id))
-        group_seconds = _group_seconds(out, group)
-        if not pending:
-            stored_paths = out / "descriptors" / f"{group}-eval.npz"
-            if stored_paths.is_file():
-                query_paths[group] = DescriptorSet.load(stored_paths).paths
-            stats["extractions_skipped"] += 1
-            stats["unshared_extraction_estimate_s"] += group_seconds * len(members)
-            continue
-        label = " ".join(f"{k}={v}" for k, v in zip(EXTRACTION_KEYS, key))
-        evaluation = whitening_set = None
+        return pending
+
+    def extract_group(self, first: Cell, group: str, pending: list[tuple[Cell, str]]
+                      ) -> tuple[_Collection, _Collection | None, float] | None:
+        """The group's collections (extracted or loaded); None, with its cells failed, on error."""
+        inputs = self.inputs
         try:
-            evaluation = extractor.collection(members[0].settings, group, "eval", Path(eval_root), eval_paths)
-            if whiten_root is not None and whiten_paths is not None:
-                whitening_set = extractor.collection(members[0].settings, group, "whiten",
-                                                     Path(whiten_root), whiten_paths)
-            group_seconds = evaluation.seconds + (whitening_set.seconds if whitening_set else 0.0)
-            if evaluation.reused and (whitening_set is None or whitening_set.reused):
-                stats["extractions_reused"] += 1
-            else:
-                stats["extractions_run"] += 1
-                stats["extraction_s"] += group_seconds
-            query_paths[group] = evaluation.paths
+            evaluation = self.extractor.collection(first.settings, group, "eval", inputs.eval_root, inputs.eval_paths)
+            whitening_set = None
+            if inputs.whiten_root is not None and inputs.whiten_paths is not None:
+                whitening_set = self.extractor.collection(first.settings, group, "whiten",
+                                                          inputs.whiten_root, inputs.whiten_paths)
         except Exception as exc:  # the whole group fails, the grid goes on
+            label = " ".join(f"{k}={first.settings[k]}" for k in EXTRACTION_KEYS)
             message = f"extraction failed ({label}): {_error_text(exc)}"
-            echo(f"FAILED {message}")
+            self.echo(f"FAILED {message}")
             for cell, cell_id in pending:
-                failed = CellResult(cell_id, dict(cell.axes), dict(cell.settings), "failed", message, group=group)
-                _write_cell(out, failed)
-                results[index_of[id(cell)]] = failed
-                stats["cells_failed"] += 1
-                bar.update(1)
-            continue
-        stats["unshared_extraction_estimate_s"] += group_seconds * len(members)
-        for cell, cell_id in pending:
-            try:
-                numbers = evaluate_cell(cell.settings, evaluation, whitening_set, fits, {"group": group})
-                outcome = CellResult(cell_id, dict(cell.axes), dict(cell.settings), "ok", group=group,
-                                     **{k: v for k, v in numbers.items() if k != "seconds"},
-                                     seconds={"extraction_of_group": round(group_seconds, 3), **numbers["seconds"]})
-                stats["cells_run"] += 1
-                stats["evaluate_s"] += numbers["seconds"]["evaluate"]
-            except Exception as exc:
-                outcome = CellResult(cell_id, dict(cell.axes), dict(cell.settings), "failed",
-                                     _error_text(exc), group=group)
-                stats["cells_failed"] += 1
-                echo(f"FAILED cell {cell.label()}: {outcome.error}")
-            _write_cell(out, outcome)
-            results[index_of[id(cell)]] = outcome
-            bar.update(1)
-    bar.close()
-    stats["whitening_fits_run"], stats["whitening_fits_reused"] = fits.fits_run, fits.fits_reused
-    stats["whitening_fit_s"] = fits.fit_seconds  # including fits whose cells then failed
-    stats["wall_s"] = round(time.perf_counter() - started, 3)
-    for key in ("extraction_s", "whitening_fit_s", "evaluate_s", "unshared_extraction_estimate_s"):
-        stats[key] = round(stats[key], 3)
-    result = AblationResult(out, axes, [results[i] for i in range(len(cells))], stats,
-                            {**DEFAULT_SETTINGS, **{k: str(v) for k, v in base.items()}},
-                            {k: list(v) for k, v in grid.items()}, query_paths, data_identity["data"])
+                failed = CellResult(cell_id, dict(cell.axes), dict(cell.settings), "failed", message, group=group,
+                                    data_id=inputs.data_id)
+                _write_cell(self.out, failed)
+                self.record(cell, failed, "cells_failed")
+            return None
+        seconds = evaluation.seconds + (whitening_set.seconds if whitening_set else 0.0)
+        if evaluation.reused and (whitening_set is None or whitening_set.reused):
+            self.stats["extractions_reused"] += 1
+        else:
+            self.stats["extractions_run"] += 1
+            self.stats["extraction_s"] += seconds
+        self.query_paths[group] = evaluation.paths
+        return evaluation, whitening_set, seconds
+
+    def evaluate(self, cell: Cell, cell_id: str, group: str, evaluation: _Collection,
+                 whitening_set: _Collection | None, group_seconds: float) -> None:
+        """Evaluate one cell, store its result; a failure is recorded, not raised."""
+        common = {"group": group, "data_id": self.inputs.data_id}
+        try:
+            numbers = evaluate_cell(cell.settings, evaluation, whitening_set, self.fits,
+                                    {"group": group, "spec": cell.resolved.get("whiten", cell.settings["whiten"])})
+            outcome = CellResult(cell_id, dict(cell.axes), dict(cell.settings), "ok", **common,
+                                 **{k: v for k, v in numbers.items() if k != "seconds"},
+                                 seconds={"extraction_of_group": round(group_seconds, 3), **numbers["seconds"]})
+            self.stats["evaluate_s"] += numbers["seconds"]["evaluate"]
+            counter = "cells_run"
+        except Exception as exc:
+            outcome = CellResult(cell_id, dict(cell.axes), dict(cell.settings), "failed", _error_text(exc), **common)
+            counter = "cells_failed"
+            self.echo(f"FAILED cell {cell.label()}: {outcome.error}")
+        _write_cell(self.out, outcome)
+        self.record(cell, outcome, counter)
+
+    def finish(self, started: float, base: Mapping[str, str], grid: Mapping[str, Sequence[str]]) -> AblationResult:
+        """The result of the run, with its accounting and the earlier cells of the folder."""
+        stats = self.stats
+        stats["whitening_fits_run"], stats["whitening_fits_reused"] = self.fits.fits_run, self.fits.fits_reused
+        stats["whitening_fit_s"] = self.fits.fit_seconds  # including fits whose cells then failed
+        stats["wall_s"] = round(time.perf_counter() - started, 3)
+        for key in ("extraction_s", "whitening_fit_s", "evaluate_s", "unshared_extraction_estimate_s"):
+            stats[key] = round(stats[key], 3)
+        cells = [self.results[i] for i in range(len(self.cells))]
+        earlier = _earlier_cells(self.out, self.inputs.data_id, {c.cell_id for c in cells})
+        return AblationResult(self.out, list(grid), cells, stats,
+                              {**DEFAULT_SETTINGS, **{k: str(v) for k, v in base.items()}},
+                              {k: list(v) for k, v in grid.items()}, self.query_paths,
+                              self.inputs.identity["data"], earlier)
+
+
+def run_ablation(base: Mapping[str, str], grid: Mapping[str, Sequence[str]], options: AblationOptions,
+                 echo: Callable[[str], None] | None = None) -> AblationResult:
+    """Run (or resume) the grid; see the module docstring. Returns every cell's result.
+
+    ``base`` holds the settings that the grid does not vary (missing ones take
+    :data:`DEFAULT_SETTINGS`). Nothing but a problem with the inputs themselves raises: a
+    cell that fails is recorded as failed. The results files also list the cells of earlier
+    runs into the same folder (same data) that this grid does not contain.
+    """
+    from tqdm.auto import tqdm
+
+    echo = echo or (lambda message: tqdm.write(message))
+    started = time.perf_counter()
+    out = Path(options.out_dir)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    inputs = _list_inputs(options)
+    cells = expand_grid(base, grid)
+    plan = {"format": "rkit-ablation", "version": ABLATION_FORMAT_VERSION, "base": dict(base),
+            "grid": {k: list(v) for k, v in grid.items()}, "data": inputs.identity, "cells": len(cells)}
+    write_text_atomic(out / "ablation.json", json.dumps(plan, indent=2) + "\n")
+    groups = _extraction_groups(cells)
+    with tqdm(total=len(cells), desc="ablation cells", unit="cell", disable=not options.progress) as bar:
+        state = _GridRun(cells, inputs, options, echo, bar)
+        state.stats["extraction_groups"] = len(groups)
+        for key, members in groups.items():
+            state.run_group(key, members)
+    result = state.finish(started, base, grid)
     write_outputs(result)
     return result
 
@@ -651,6 +806,17 @@ def _read_cell(path: Path) -> CellResult | None:
         return None  # unreadable: run the cell again
 
 
+def _earlier_cells(out: Path, data_id: str, current: set[str]) -> list[CellResult]:
+    """The cells stored in ``out/cells`` for the same data that are not in ``current``."""
+    earlier = []
+    for path in sorted((out / "cells").glob("*.json")):
+        cell = _read_cell(path)
+        if cell is not None and cell.data_id == data_id and cell.cell_id not in current:
+            cell.reused = cell.earlier = True
+            earlier.append(cell)
+    return sorted(earlier, key=lambda c: json.dumps(c.settings, sort_keys=True))
+
+
 def _write_cell(out: Path, cell: CellResult) -> None:
     write_text_atomic(out / "cells" / f"{cell.cell_id}.json", json.dumps(cell.to_json(), indent=1) + "\n")
 
@@ -662,16 +828,18 @@ def _fmt(value: float | None) -> str:
 
 
 def table_rows(result: AblationResult) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the results table (grid axes, numbers, status)."""
-    header = [*result.axes, "out dim", "mAP", *(f"mP@{k}" for k in TABLE_KS), "status"]
+    """Header and rows of the results table (grid axes, numbers, status), earlier cells last."""
+    axes = result.all_axes
+    header = [*axes, "out dim", "mAP", *(f"mP@{k}" for k in TABLE_KS), "status"]
     rows = []
-    for cell in result.cells:
-        row = [cell.axes.get(a, cell.settings.get(a, "")) for a in result.axes]
+    for cell in result.all_cells:
+        row = [cell.axes.get(a, cell.settings.get(a, "")) for a in axes]
         row.append("-" if cell.out_dim is None else str(cell.out_dim))
         row.append(_fmt(cell.map))
         row += [_fmt(cell.mp_at_k.get(str(k))) for k in TABLE_KS]
         status = cell.status if cell.status == "ok" else f"FAILED: {cell.error}"
-        row.append(status + (" (reused)" if cell.reused and cell.status == "ok" else ""))
+        note = " (earlier run)" if cell.earlier else " (reused)" if cell.reused and cell.status == "ok" else ""
+        row.append(status + note)
         rows.append(row)
     return header, rows
 
@@ -701,7 +869,7 @@ def format_csv(result: AblationResult) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["cell_id", *DEFAULT_SETTINGS, "out_dim", "map", *(f"mp@{k}" for k in TABLE_KS),
                      "status", "error", "whitening_protocol"])
-    for cell in result.cells:
+    for cell in result.all_cells:
         writer.writerow([cell.cell_id, *(cell.settings.get(k, "") for k in DEFAULT_SETTINGS),
                          cell.out_dim if cell.out_dim is not None else "",
                          "" if cell.map is None else cell.map,
@@ -713,10 +881,10 @@ def format_csv(result: AblationResult) -> str:
 def results_document(result: AblationResult) -> dict[str, Any]:
     """The ``results.json`` document (read back by :func:`load_ablation` and ``rkit report``)."""
     cells = []
-    for cell in result.cells:
+    for cell in result.all_cells:
         data = cell.to_json()
         data.pop("format"), data.pop("version")
-        data["reused"] = cell.reused
+        data["reused"], data["earlier"] = cell.reused, cell.earlier
         cells.append(data)
     return {"format": "rkit-ablation-results", "version": ABLATION_FORMAT_VERSION,
             "axes": result.axes, "base": result.base, "grid": result.grid, "stats": result.stats,
@@ -733,6 +901,22 @@ def write_outputs(result: AblationResult) -> dict[str, Path]:
     return files
 
 
+def _check_numbers(cell: CellResult, path: Path) -> None:
+    """Every number of a cell read back is a number (or missing), else a clear error."""
+    def is_number(value: Any) -> bool:
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+    fields = {"map": [cell.map], "out_dim": [cell.out_dim], "mp_at_k": list(dict(cell.mp_at_k).values()),
+              "per_class_ap": list(dict(cell.per_class_ap).values()), "per_query_ap": list(cell.per_query_ap),
+              "seconds": list(dict(cell.seconds).values())}
+    for name, values in fields.items():
+        bad = next((v for v in values if not is_number(v)), None)
+        if bad is not None:
+            raise RkitError(f"{path}: cell {cell.cell_id} has {name} {json.dumps(bad)[:40]}, not a number: the "
+                            f"results file is damaged or was edited; re-run `rkit ablate` with the same --out "
+                            f"to write it again (finished cells are reused)")
+
+
 def load_ablation(out_dir: str | Path) -> AblationResult:
     """Read an ablation output folder (its ``results.json``) back."""
     out = Path(out_dir)
@@ -744,9 +928,11 @@ def load_ablation(out_dir: str | Path) -> AblationResult:
         cells = []
         for data in doc["cells"]:
             cell = CellResult.from_json(data)
-            cell.reused = bool(data.get("reused", False))
+            cell.reused, cell.earlier = bool(data.get("reused", False)), bool(data.get("earlier", False))
+            _check_numbers(cell, path)
             cells.append(cell)
-        return AblationResult(out, list(doc["axes"]), cells, dict(doc["stats"]), dict(doc["base"]),
-                              dict(doc["grid"]), dict(doc.get("query_paths", {})), str(doc.get("data_root", "")))
+        return AblationResult(out, list(doc["axes"]), [c for c in cells if not c.earlier], dict(doc["stats"]),
+                              dict(doc["base"]), dict(doc["grid"]), dict(doc.get("query_paths", {})),
+                              str(doc.get("data_root", "")), [c for c in cells if c.earlier])
     except (ValueError, KeyError, TypeError) as exc:
         raise RkitError(f"{path} is not an ablation results file written by `rkit ablate` ({exc})") from exc

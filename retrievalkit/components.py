@@ -25,10 +25,18 @@ from typing import Any
 
 from .errors import ComponentOptionError
 
-#: The five kinds of component; each has one hook specification in :mod:`retrievalkit.hookspecs`.
-KINDS: tuple[str, ...] = ("backbone", "pooling", "whitening", "miner", "loss")
-PLURAL: dict[str, str] = {"backbone": "backbones", "pooling": "poolings", "whitening": "whitenings",
-                          "miner": "miners", "loss": "losses"}
+#: The kinds of component, each with its plural. Everything else is derived from this table: the
+#: hook of a kind is ``rkit_<plural>`` (one specification each in :mod:`retrievalkit.hookspecs`),
+#: ``rkit plugins`` lists the kinds in this order, the listing cache stores them by kind. Adding a
+#: kind is one line here plus its documented hook specification.
+PLURAL: dict[str, str] = {
+    "backbone": "backbones",
+    "pooling": "poolings",
+    "whitening": "whitenings",
+    "miner": "miners",
+    "loss": "losses",
+}
+KINDS: tuple[str, ...] = tuple(PLURAL)
 
 
 @dataclasses.dataclass(frozen=True)

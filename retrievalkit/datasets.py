@@ -1,6 +1,9 @@
-"""Reader for the revisited Oxford / Paris benchmark layout (and the classic Oxford5k/Paris6k).
+"""Reading evaluation data: image labels, and the revisited Oxford / Paris benchmark layout.
 
-Layout (as distributed with the revisited benchmarks, Radenović et al., CVPR 2018)::
+Labels (:func:`folder_labels`, :func:`read_labels`) are read here and nowhere else: ``rkit eval``,
+``rkit whiten fit --labels``, ``rkit ablate`` and training's validation all call these.
+
+Revisited Oxford / Paris layout (as distributed with the revisited benchmarks, Radenović et al., CVPR 2018)::
 
     DATA_ROOT/<name>/gnd_<name>.pkl
     DATA_ROOT/<name>/jpg/<image name>.jpg
@@ -14,7 +17,7 @@ Layout (as distributed with the revisited benchmarks, Radenović et al., CVPR 20
              ground truth), or of its ``ok`` and ``junk`` images (classic Oxford5k/Paris6k,
              where ``ok`` = the old "good" + "ok").
 
-Evaluation settings (SPEC section 5), as (positive kinds, junk kinds):
+Evaluation settings (docs/definitions.md §5), as (positive kinds, junk kinds):
 
 ``easy``     positives easy,          junk = junk + hard
 ``medium``   positives easy + hard,   junk = junk
@@ -31,8 +34,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import pickle
-from pathlib import Path, PurePath
+import re
+from collections.abc import Sequence
+from pathlib import Path, PurePath, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -83,6 +89,61 @@ def _read_pickle(path: Path) -> Any:
     except UnicodeDecodeError:          # written by Python 2
         unpickler = _GroundTruthUnpickler(io.BytesIO(data), encoding="latin1")
         return unpickler.load()
+
+
+# -- labels -----------------------------------------------------------------------------------
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+
+
+def _pure_path(path: str | PurePath) -> PurePath:
+    """A path split into its real components.
+
+    Descriptors files store POSIX paths (``rkit extract`` writes ``a/b.jpg`` on every system),
+    so ``/`` separates and a backslash is an ordinary character of a file name (``x/a\\b.jpg``
+    is the file ``a\\b.jpg`` in folder ``x``). Only a Windows absolute path (``C:\\...``,
+    ``\\\\server\\...``) or a path on a Windows system is split at backslashes.
+    """
+    if isinstance(path, PurePath):
+        return path
+    text = str(path)
+    if os.sep == "\\" or _WINDOWS_ABSOLUTE.match(text):
+        return PureWindowsPath(text)
+    return PurePosixPath(text)
+
+
+def folder_labels(paths: Sequence[str | PurePath]) -> list[str]:
+    """The class of each image: the name of its parent folder (``""`` for a bare file name)."""
+    return [_pure_path(p).parent.name for p in paths]
+
+
+def read_labels(spec: str | Path, paths: Sequence[str]) -> np.ndarray:
+    """Labels for ``paths``: ``"folder"`` (each path's parent folder) or a ``PATH<TAB>LABEL`` file.
+
+    The file has one line per image (blank lines and ``#`` comments ignored); every path of
+    ``paths`` needs a line.
+
+    Raises:
+        RkitError: the file is missing, malformed, or lacks a label for some path.
+    """
+    if str(spec) == "folder":
+        return np.asarray(folder_labels(paths))
+    path = Path(spec)
+    if not path.is_file():
+        raise RkitError(f"--labels {str(spec)!r}: write 'folder' (the parent folder of each image is its label) "
+                        f"or give a file with one PATH<TAB>LABEL line per image")
+    given: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) != 2:
+            raise RkitError(f"{path}:{lineno}: expected PATH<TAB>LABEL, got {line!r}")
+        given[fields[0].strip()] = fields[1].strip()
+    missing = [p for p in paths if p not in given]
+    if missing:
+        raise RkitError(f"{path} gives no label for {len(missing)} of the {len(paths)} images (first: "
+                        f"{missing[0]!r}): add a PATH<TAB>LABEL line for each path of the descriptors file")
+    return np.asarray([given[p] for p in paths])
 
 
 @dataclasses.dataclass
@@ -146,12 +207,12 @@ class RevisitedDataset:
         rows: list[int] = []
         seen: set[int] = set()
         for row, path in enumerate(paths):
-            pure = PurePath(str(path).replace("\\", "/"))
+            pure = _pure_path(path)
             key = pure.with_suffix("").as_posix()
             found = position.get(key, position.get(pure.stem))
             if found is None and pure.is_absolute():
                 try:
-                    found = position.get(pure.relative_to(self.image_dir).with_suffix("").as_posix())
+                    found = position.get(pure.relative_to(_pure_path(str(self.image_dir))).with_suffix("").as_posix())
                 except ValueError:
                     found = None
             if found is not None and found not in seen:
@@ -199,7 +260,9 @@ def load_revisited(data_root: str | Path, name: str, *, require_images: bool = T
     root = dataset_root(data_root, name)
     gnd_path = root / f"gnd_{name}.pkl"
     if not gnd_path.is_file():
-        hint = (f"download {name} (gnd_{name}.pkl and the jpg/ folder) into {root}"
+        hint = (f"download {name} with `rkit data download {name} --root {data_root}` (gnd_{name}.pkl "
+                f"and the jpg/ folder go into {root})" if name in ("roxford5k", "rparis6k") else
+                f"download {name} (gnd_{name}.pkl and the jpg/ folder) into {root}"
                 if name in KNOWN_DATASETS else
                 f"check the name (known: {', '.join(KNOWN_DATASETS)}) and --data-root")
         raise RkitError(f"ground-truth file {gnd_path} not found: {hint}")

@@ -10,6 +10,16 @@ ships the SfM clustering of its images as a pickled dict with one entry per spli
 ``qidxs``    query image indices (into ``cids``) ...
 ``pidxs``    ... and the positive chosen for each, same length
 
+The ``*-whiten.pkl`` files of the same data hold one such dict directly (``cids``, ``qidxs``,
+``pidxs`` and, where present, ``cluster``), without the split level: it is read as a single
+split. Where ``cluster`` is missing, images joined by a matching pair (``qidxs[i]``,
+``pidxs[i]``) are put in one cluster (connected components of the pair graph), which is what a
+3D model is for the miners. :func:`write_whitening_lists` turns such a file into an image list
+and a pairs file for ``rkit extract`` + ``rkit whiten fit --pairs``.
+
+An image id is a file name: one holding ``/``, ``\\`` or ``..`` is refused, so no ``db.pkl``
+can make the loader read outside the images root.
+
 It has no 3D points, so the database imported here has ``has_points == False``: the m1 and
 random positive miners work, m2/m3 say that they need a database built by ``rkit sfm``
 (:meth:`TrainingDatabase.require_points`). ``qidxs``/``pidxs`` are kept as
@@ -51,6 +61,10 @@ class _SafeUnpickler(pickle.Unpickler):
 def cid_to_path(cid: str) -> str:
     """The image file of ``cid`` relative to the dataset folder: ``ims/ab/cd/ef/<cid>``."""
     cid = str(cid)
+    if "/" in cid or "\\" in cid or "\0" in cid or cid.strip(".") == "" or ".." in cid:
+        raise RkitError(f"image id {cid!r} in the db.pkl is not a plain file name (it holds '/', '\\' or "
+                        f"'..'): refused, it would point outside the images folder. The file is damaged or "
+                        f"was crafted; download it again")
     if len(cid) < 6:
         raise RkitError(f"image id {cid!r} in the db.pkl is shorter than 6 characters; the file "
                         f"is not a retrieval-SfM db.pkl")
@@ -81,6 +95,8 @@ def import_dbpkl(path: str | Path, root: str | Path | None = None, split: str = 
     """
     path = Path(path)
     data = read_dbpkl(path)
+    if "cids" in data:          # a *-whiten.pkl: one split without the split level
+        data = {split: data}
     if split not in data:
         raise RkitError(f"{path} has no split {split!r}; it has {', '.join(map(str, data)) or 'none'}. "
                         f"Choose one with --split.")
@@ -88,6 +104,8 @@ def import_dbpkl(path: str | Path, root: str | Path | None = None, split: str = 
     if not isinstance(entry, dict):
         raise RkitError(f"split {split!r} of {path} holds a {type(entry).__name__}, not the dict of "
                         f"{', '.join(REQUIRED_KEYS)} of a retrieval-SfM db.pkl.")
+    if "cluster" not in entry and {"cids", "qidxs", "pidxs"} <= set(entry):
+        entry = {**entry, "cluster": pair_components(len(entry["cids"]), entry["qidxs"], entry["pidxs"])}
     missing = [key for key in REQUIRED_KEYS if key not in entry]
     if missing:
         raise RkitError(f"split {split!r} of {path} lacks {', '.join(missing)}; a retrieval-SfM db.pkl "
@@ -108,3 +126,42 @@ def import_dbpkl(path: str | Path, root: str | Path | None = None, split: str = 
         meta={"source": "db.pkl", "dbpkl": str(path), "split": split},
         positive_pairs=np.stack([qidxs, pidxs], axis=1),
     )
+
+
+def pair_components(count: int, qidxs: Any, pidxs: Any) -> np.ndarray:
+    """Cluster id per image: the connected components of the matching-pair graph."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    q = np.asarray(qidxs, dtype=np.int64).reshape(-1)
+    p = np.asarray(pidxs, dtype=np.int64).reshape(-1)
+    if len(q) != len(p) or (len(q) and (min(q.min(), p.min()) < 0 or max(q.max(), p.max()) >= count)):
+        raise RkitError(f"the qidxs/pidxs of the db.pkl do not pair images 0..{count - 1}: the file is damaged")
+    graph = coo_matrix((np.ones(len(q)), (q, p)), shape=(count, count))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
+def write_whitening_lists(path: str | Path, images_root: str | Path) -> tuple[Path, Path]:
+    """``<stem>-images.txt`` and ``<stem>-pairs.tsv`` beside a ``*-whiten.pkl``.
+
+    The list names every image (relative to the list's folder) for ``rkit extract``; the pairs
+    file has one ``A<TAB>B<TAB>1`` line per (qidxs, pidxs) pair with the same paths, for
+    ``rkit whiten fit --pairs`` (matching pairs only: use ``--whiten learned:rotation=all``).
+    """
+    import os
+
+    from .atomic import write_text_atomic
+
+    path = Path(path)
+    data = read_dbpkl(path)
+    entry = data if "cids" in data else data.get("val", data.get("train", {}))
+    if not {"cids", "qidxs", "pidxs"} <= set(entry):
+        raise RkitError(f"{path} lacks cids/qidxs/pidxs: not a retrieval-SfM whitening file")
+    stem = path.name.removesuffix(".pkl")
+    folder = path.parent
+    paths = [Path(os.path.relpath(Path(images_root) / cid_to_path(c), folder)).as_posix() for c in entry["cids"]]
+    images, pairs = folder / f"{stem}-images.txt", folder / f"{stem}-pairs.tsv"
+    write_text_atomic(images, "".join(f"{p}\n" for p in paths))
+    write_text_atomic(pairs, "".join(f"{paths[int(q)]}\t{paths[int(p)]}\t1\n"
+                                     for q, p in zip(entry["qidxs"], entry["pidxs"])))
+    return images, pairs

@@ -12,6 +12,10 @@ class RkitError(Exception):
     """A problem the user can fix; the message says what was wrong and what to do."""
 
 
+class RkitWarning(UserWarning):
+    """Something the user should know that does not stop the command; ``rkit`` prints ``Warning: ...``."""
+
+
 class UnknownComponentError(RkitError):
     """A component name that no installed plugin provides."""
 
@@ -26,6 +30,10 @@ class PluginError(RkitError):
 
 class OutputPathError(RkitError):
     """An output path that would destroy an input or a folder the toolkit did not create."""
+
+
+class DiskFullError(RkitError):
+    """No space left (or quota exceeded) while writing an output; the old output is intact."""
 
 
 class Interrupted(RkitError):

@@ -1,158 +1,47 @@
-"""Retrieval evaluation: average precision, mAP and mP@k (SPEC section 5).
+"""Retrieval evaluation: the two protocols (folder collections, revisited Oxford/Paris) and their API.
 
-Average precision follows the revisited Oxford/Paris protocol (Radenović, Iscen, Tolias, Avrithis,
-Chum, *Revisiting Oxford and Paris*, CVPR 2018), the same trapezoid rule as the original Oxford
-``compute_ap``:
+The protocols are defined in docs/definitions.md ("Evaluation") and described for users in
+docs/evaluation.md; the formulas (AP, mP@k) live in :mod:`retrievalkit.metrics`. Two layers:
 
-1. junk images are removed from the ranking; ``r_k`` is the 0-based rank of the k-th positive
-   (k = 1..K, in ranking order) in the ranking without junk;
-2. the precision just before and at that positive are ``p_{k-1} = (k-1) / r_k`` (1 when
-   ``r_k = 0``) and ``p_k = k / (r_k + 1)``;
-3. ``AP = (1 / n_pos) * sum_k (p_{k-1} + p_k) / 2``, where ``n_pos`` counts *all* positives of
-   the query, including any the ranking does not contain (they add no area).
+* on arrays: :func:`evaluate_folder_collection`, :func:`evaluate_revisited`,
+  :func:`evaluate_rankings` -> :class:`EvaluationResult` per setting;
+* on descriptors files (what ``rkit eval`` does): :func:`evaluate_descriptors` (a folder
+  collection) and :func:`evaluate_dataset` (a revisited dataset) -> an :class:`Evaluation` that
+  prints its table, gives the JSON report and writes the rankings file for ``rkit report``.
 
-mP@k is the revisited protocol's precision at k: ``k`` is capped at the (junk-free, 1-based)
-rank of the last positive in the ranking, ``P@k = #{positives in the top k'} / k'`` with
-``k' = min(k, rank of the last positive)``; so a query whose every positive is ranked in the top
-k scores 1 even if it has fewer than k positives. (For k = 1 it is plain precision at 1.)
-
-A query without any positive has no AP: it is left out of the means (``nan`` in the per-query
-arrays), as the revisited protocol does.
-
-Everything is vectorised over a ``(queries, ranking length)`` boolean matrix: there is no Python
-loop over database images.
+Rankings come from :func:`retrievalkit.index.rank_all_scored` (the one neighbour search).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
+from collections import Counter
 from collections.abc import Hashable, Sequence
-from pathlib import PurePath
+from os import PathLike
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .datasets import folder_labels  # noqa: F401 (re-exported: labels are read in datasets.py)
+from .descriptors import check_finite
 from .errors import RkitError
-from .index import rank_all
+from .index import rank_all_scored
+from .metrics import (DEFAULT_KS, _membership, average_precision, precision_at_k,  # noqa: F401 (re-exported)
+                      ranking_statistics)
 
 if TYPE_CHECKING:
     from .datasets import RevisitedDataset
+    from .descriptors import DescriptorSet
 
-#: The cut-offs of mP@k reported by default.
-DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 #: How many ranked images per query a rankings file keeps.
 RANKINGS_TOP = 100
 
 #: status codes of ranked images (``EvaluationResult.top_status``)
 NEGATIVE, POSITIVE, JUNK = 0, 1, 2
 STATUS_NAMES = {NEGATIVE: "negative", POSITIVE: "positive", JUNK: "junk"}
-
-
-# --------------------------------------------------------------------------------------------
-# The formulas (one place)
-# --------------------------------------------------------------------------------------------
-def ranking_statistics(is_positive: np.ndarray, is_junk: np.ndarray | None, n_positives: np.ndarray,
-                       ks: Sequence[int] = DEFAULT_KS) -> tuple[np.ndarray, np.ndarray]:
-    """AP and mP@k of many rankings at once (the formulas of the module docstring).
-
-    Args:
-        is_positive: ``(Q, R)`` bool, entry ``[q, i]`` true when the i-th ranked image of query q
-            is one of its positives.
-        is_junk: ``(Q, R)`` bool or None; junk entries are removed before anything is counted
-            (an entry both positive and junk counts as junk).
-        n_positives: ``(Q,)`` number of positives of each query (may exceed those ranked).
-        ks: the cut-offs of precision at k.
-
-    Returns:
-        ``ap`` ``(Q,)`` and ``precision`` ``(Q, len(ks))``, ``nan`` for queries without positives.
-    """
-    is_positive = np.atleast_2d(np.asarray(is_positive, dtype=bool))
-    n_positives = np.atleast_1d(np.asarray(n_positives, dtype=np.float64))
-    is_junk = None if is_junk is None else np.atleast_2d(np.asarray(is_junk, dtype=bool))
-    if any(k < 1 for k in ks):
-        raise RkitError(f"precision at k needs k >= 1, got {list(ks)}")
-    ap = np.empty(is_positive.shape[0], dtype=np.float64)
-    precision = np.empty((is_positive.shape[0], len(ks)), dtype=np.float64)
-    step = max(1, _BLOCK_ENTRIES // max(1, is_positive.shape[1]))    # bound the temporaries' memory
-    for start in range(0, is_positive.shape[0], step):
-        rows = slice(start, start + step)
-        ap[rows], precision[rows] = _statistics_block(
-            is_positive[rows], None if is_junk is None else is_junk[rows], n_positives[rows], ks)
-    return ap, precision
-
-
-_BLOCK_ENTRIES = 2 ** 24
-
-
-def _statistics_block(is_positive: np.ndarray, is_junk: np.ndarray | None, n_positives: np.ndarray,
-                      ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The formulas over one block of queries, evaluated only at the positives' positions."""
-    n_rows = is_positive.shape[0]
-    positive = is_positive if is_junk is None else is_positive & ~is_junk
-    query, column = np.nonzero(positive)              # row-major: by query, then by position
-    if is_junk is None:
-        rank = column.astype(np.int64)
-    else:                                             # 0-based rank once junk is removed
-        junk_so_far = np.cumsum(is_junk, axis=1, dtype=np.int64)
-        rank = column - junk_so_far[query, column]
-    found = np.bincount(query, minlength=n_rows)      # positives present in each ranking
-    first = np.concatenate([[0], np.cumsum(found)[:-1]]).astype(np.int64)
-    index = np.arange(query.size) - first[query]      # k - 1 for the k-th positive
-    before = np.where(rank == 0, 1.0, index / np.maximum(rank, 1))    # p_{k-1}
-    at = (index + 1) / (rank + 1)                                        # p_k
-    area = np.bincount(query, weights=(before + at) / 2.0, minlength=n_rows)
-    ap = np.where(n_positives > 0, area / np.maximum(n_positives, 1), np.nan)
-
-    last = np.zeros(n_rows, dtype=np.int64)           # 1-based rank of the last positive
-    has = found > 0
-    last[has] = rank[first[has] + found[has] - 1] + 1
-    precision = np.empty((n_rows, len(ks)), dtype=np.float64)
-    for column_k, k in enumerate(ks):
-        cut = np.minimum(last, k)
-        hits = np.bincount(query, weights=(rank + 1 <= cut[query]).astype(np.float64), minlength=n_rows)
-        precision[:, column_k] = np.where(cut > 0, hits / np.maximum(cut, 1), 0.0)
-    precision[n_positives <= 0] = np.nan
-    return ap, precision
-
-
-def _membership(rankings: np.ndarray, members: Sequence[Sequence[int]], n_database: int) -> np.ndarray:
-    """``(Q, R)`` bool: is ``rankings[q, i]`` in ``members[q]`` (ids < ``n_database``; -1 never)."""
-    table = np.zeros((len(members), n_database + 1), dtype=bool)   # last column: id -1
-    for q, ids in enumerate(members):
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size:
-            table[q, ids] = True
-    table[:, n_database] = False
-    return np.take_along_axis(table, np.where(rankings < 0, n_database, rankings), axis=1)
-
-
-def _one_ranking(ranked_ids: Sequence[Hashable], positives: Sequence[Hashable],
-                 junk: Sequence[Hashable] | None, ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`ranking_statistics` of a single ranking of hashable ids (junk wins over positive)."""
-    junk_set = set(junk or ())
-    positive_set = set(positives) - junk_set
-    ranked = list(ranked_ids)
-    is_positive = np.array([r in positive_set for r in ranked], dtype=bool).reshape(1, len(ranked))
-    is_junk = np.array([r in junk_set for r in ranked], dtype=bool).reshape(1, len(ranked))
-    return ranking_statistics(is_positive, is_junk, np.array([len(positive_set)]), ks=ks)
-
-
-def average_precision(ranked_ids: Sequence[Hashable], positives: Sequence[Hashable],
-                      junk: Sequence[Hashable] | None = None) -> float:
-    """AP of one ranking (revisited protocol: junk removed, trapezoid rule).
-
-    ``ranked_ids`` are any hashable ids (row numbers, file names) best first; positives that are
-    not ranked still count in the number of positives. Returns ``nan`` without positives.
-    """
-    ap, _ = _one_ranking(ranked_ids, positives, junk, ks=(1,))
-    return float(ap[0])
-
-
-def precision_at_k(ranked_ids: Sequence[Hashable], positives: Sequence[Hashable], k: int,
-                   junk: Sequence[Hashable] | None = None) -> float:
-    """The revisited protocol's precision at ``k`` of one ranking (see the module docstring)."""
-    _, precision = _one_ranking(ranked_ids, positives, junk, ks=(k,))
-    return float(precision[0, 0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,36 +127,19 @@ def _result(rankings: np.ndarray, is_positive: np.ndarray, is_junk: np.ndarray |
     )
 
 
-def _top_scores(queries: np.ndarray, database: np.ndarray, rankings: np.ndarray, top: int) -> np.ndarray:
-    """Similarities of the first ``top`` ranked images (``-inf`` where the id is -1)."""
-    ids = rankings[:, :top]
-    scores = np.empty(ids.shape, dtype=np.float32)
-    step = max(1, _BLOCK_ENTRIES // max(1, ids.shape[1] * database.shape[1]))
-    for start in range(0, ids.shape[0], step):
-        rows = slice(start, start + step)
-        gathered = database[np.maximum(ids[rows], 0)]             # (block, T, D)
-        scores[rows] = np.einsum("qd,qtd->qt", queries[rows], gathered)
-    return np.where(ids < 0, -np.inf, scores).astype(np.float32)
-
-
 # --------------------------------------------------------------------------------------------
 # Folder-per-class collections
 # --------------------------------------------------------------------------------------------
-def folder_labels(paths: Sequence[str | PurePath]) -> list[str]:
-    """The class of each image: the name of its parent folder (``""`` for a bare file name)."""
-    return [PurePath(str(p).replace("\\", "/")).parent.name for p in paths]
-
-
 def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashable], *,
                                ks: Sequence[int] = DEFAULT_KS, names: Sequence[str] | None = None,
                                top: int = RANKINGS_TOP) -> EvaluationResult:
-    """Every image is a query once against all the others (SPEC section 5).
+    """Every image is a query once against all the others (docs/definitions.md §5).
 
     The positives of image ``i`` are the other images with the same label; ``i`` itself is left
     out of its ranking, so rankings are ``(N, N - 1)``. Images alone in their class have no
     positives and are left out of the means. ``per_class_ap`` gives the mean AP per label.
     """
-    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    descriptors = np.asarray(descriptors)
     if descriptors.ndim != 2 or descriptors.shape[0] != len(labels):
         raise RkitError(
             f"need one label per descriptor: {len(labels)} labels for descriptors of shape {descriptors.shape}"
@@ -281,11 +153,10 @@ def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashabl
             "every image is alone in its class, so no query has a positive: put the images of "
             "one place in one folder (labels come from the parent folder name)"
         )
-    rankings = rank_all(descriptors, descriptors, exclude_self=True)
+    rankings, scores = rank_all_scored(descriptors, descriptors, exclude_self=True, top=top)
     is_positive = codes[rankings] == codes[:, None]
     names = list(names) if names is not None else [str(i) for i in range(len(labels))]
-    result = _result(rankings, is_positive, None, counts[codes] - 1, ks, names, "all",
-                     _top_scores(descriptors, descriptors, rankings, top), top)
+    result = _result(rankings, is_positive, None, counts[codes] - 1, ks, names, "all", scores, top)
     result.per_class_ap = {
         str(c): _mean(result.per_query_ap[codes == i]) for i, c in enumerate(classes)
     }
@@ -338,20 +209,20 @@ def evaluate_revisited(dataset: RevisitedDataset, queries: np.ndarray, database:
     n_images, n_queries = len(dataset.images), len(dataset.queries)
     query_ids = np.arange(n_queries) if query_ids is None else np.asarray(query_ids, dtype=np.int64)
     database_ids = np.arange(n_images) if database_ids is None else np.asarray(database_ids, dtype=np.int64)
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    database = np.ascontiguousarray(database, dtype=np.float32)
+    queries = np.asarray(queries)
+    database = np.asarray(database)
     if queries.shape[0] != len(query_ids) or database.shape[0] != len(database_ids):
         raise RkitError(
             f"{queries.shape[0]} query and {database.shape[0]} database descriptors do not match the "
             f"{len(query_ids)} queries and {len(database_ids)} images given: extract them from the "
             f"dataset's query and image lists"
         )
-    local = rank_all(database, queries)                               # rows of `database`
+    local, local_scores = rank_all_scored(database, queries, top=top)   # rows of `database`
     width = local.shape[1]
     rankings = np.full((n_queries, width), -1, dtype=np.int64)
     rankings[query_ids] = database_ids[local]
     scores = np.full((n_queries, min(top, width)), -np.inf, dtype=np.float32)
-    scores[query_ids] = _top_scores(queries, database, local, top)
+    scores[query_ids] = local_scores
     missing = sorted(set(range(n_queries)) - set(query_ids.tolist()))
     results = {}
     for setting in settings or dataset.settings():
@@ -397,3 +268,183 @@ def rankings_document(results: dict[str, EvaluationResult], query_paths: Sequenc
             })
         document["settings"][name] = {**result.summary(), "queries": entries}
     return document
+
+
+# --------------------------------------------------------------------------------------------
+# The API on descriptors files: what `rkit eval` does, in two calls
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Evaluation:
+    """One evaluation of descriptors: the results per setting and what was evaluated.
+
+    Made by :func:`evaluate_descriptors` (folder collection) or :func:`evaluate_dataset`
+    (revisited Oxford/Paris). :meth:`report` is the JSON ``rkit eval --json`` prints,
+    :meth:`table` its text table, :meth:`rankings_document` the ``--save-rankings`` file.
+
+    Attributes:
+        protocol: ``folder``, ``revisited`` or ``classic``.
+        results: setting (``all``; ``easy``/``medium``/``hard``; ``classic``) -> result.
+        info: the facts reported with the numbers (source or dataset, counts, dimension).
+        query_paths, database_paths: the images the rankings' rows and ids refer to.
+        root: the folder those paths are relative to (``None``: as given).
+        meta: recorded in the rankings file (source, descriptors meta, query crops).
+        notes: warnings for the user (e.g. images without a descriptor), in plain sentences.
+        seconds: time spent ranking and scoring.
+    """
+
+    protocol: str
+    results: dict[str, EvaluationResult]
+    info: dict[str, Any]
+    query_paths: list[str]
+    database_paths: list[str]
+    root: str | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def primary(self) -> EvaluationResult:
+        """The headline result: ``medium`` for revisited datasets, else the first setting."""
+        return self.results["medium"] if "medium" in self.results else next(iter(self.results.values()))
+
+    def report(self) -> dict[str, Any]:
+        """The numbers and facts, JSON-ready (the document ``rkit eval --json`` prints)."""
+        report = {"protocol": self.protocol, **self.info}
+        if self.protocol == "folder":
+            report.update(self.primary.summary())
+            report["class_sizes"] = report.pop("class_sizes")       # after the numbers, as before
+        else:
+            report["settings"] = {name: result.summary() for name, result in self.results.items()}
+        report["evaluation_seconds"] = round(self.seconds, 3)
+        return report
+
+    def table(self) -> str:
+        """The human-readable table ``rkit eval`` prints."""
+        lines = _folder_table(self) if self.protocol == "folder" else _settings_table(self)
+        return "\n".join(lines) + "\n"
+
+    def rankings_document(self) -> dict[str, Any]:
+        """The rankings file (format in docs/evaluation.md) for ``rkit report``."""
+        return rankings_document(self.results, self.query_paths, self.database_paths, root=self.root,
+                                 protocol=self.protocol, meta=self.meta)
+
+    def save_rankings(self, path: str | PathLike[str]) -> Path:
+        """Write :meth:`rankings_document` as JSON to ``path`` atomically."""
+        from .atomic import write_text_atomic
+
+        path = Path(path)
+        write_text_atomic(path, json.dumps(self.rankings_document()) + "\n")
+        return path
+
+
+def _fmt(value: float) -> str:
+    return "  -   " if value is None or not np.isfinite(value) else f"{value:.4f}"
+
+
+def _folder_table(evaluation: Evaluation) -> list[str]:
+    info, result = evaluation.info, evaluation.primary
+    left_out = f" ({result.n_left_out} alone in their class, left out)" if result.n_left_out else ""
+    lines = [f"folder collection {info['source']}: {info['images']} images, {info['classes']} classes, "
+             f"{info['dim']}-D; {result.n_queries} queries{left_out}",
+             "  ".join([f"mAP {_fmt(result.map)}"] + [f"mP@{k} {_fmt(v)}" for k, v in result.mp_at_k.items()]),
+             "per class (mean AP, images):"]
+    width = max((len(c) for c in result.per_class_ap), default=5)
+    order = sorted(result.per_class_ap.items(), key=lambda item: (np.nan_to_num(item[1], nan=2.0), item[0]))
+    lines += [f"  {name or '(no folder)':<{width}}  {_fmt(ap)}  {info['class_sizes'][name]:>5}" for name, ap in order]
+    return lines
+
+
+def _settings_table(evaluation: Evaluation) -> list[str]:
+    info = evaluation.info
+    ks = list(evaluation.primary.mp_at_k)
+    lines = [f"{info['dataset']}: {info['queries']} queries, {info['images']} images, {info['dim']}-D",
+             f"{'setting':<9} {'mAP':>7}" + "".join(f" {'mP@' + str(k):>7}" for k in ks) + f" {'queries':>8}"]
+    for setting, result in evaluation.results.items():
+        lines.append(f"{setting:<9} {_fmt(result.map):>7}"
+                     + "".join(f" {_fmt(result.mp_at_k[k]):>7}" for k in ks) + f" {result.n_queries:>8}")
+    return lines
+
+
+def evaluate_descriptors(descriptors: DescriptorSet, labels: Sequence[Hashable] | None = None, *,
+                         ks: Sequence[int] = DEFAULT_KS, source: str | None = None,
+                         top: int = RANKINGS_TOP) -> Evaluation:
+    """Evaluate a folder collection: every image queries all the others (``rkit eval FILE``).
+
+    Args:
+        descriptors: the collection's descriptors (:meth:`DescriptorSet.load`, or
+            :func:`retrievalkit.extract.extract_descriptors` wrapped in a :class:`DescriptorSet`).
+        labels: the class of each image; default the parent folder of each path
+            (:func:`retrievalkit.datasets.folder_labels`).
+        ks: the cut-offs of mP@k.
+        source: what to call the collection in the report (default: its meta's ``source``).
+    """
+    labels = list(folder_labels(descriptors.paths) if labels is None else labels)
+    source = source if source is not None else str(descriptors.meta.get("source", ""))
+    check_finite(descriptors.descriptors, source or "the descriptors", paths=descriptors.paths)
+    started = time.perf_counter()
+    result = evaluate_folder_collection(descriptors.descriptors, labels, ks=ks, names=descriptors.paths, top=top)
+    seconds = time.perf_counter() - started
+    sizes = Counter(str(label) for label in labels)
+    info = {"source": source, "images": len(descriptors), "classes": len(sizes), "dim": descriptors.dim,
+            "class_sizes": {c: sizes[c] for c in sorted(sizes)}}
+    return Evaluation("folder", {"all": result}, info, list(descriptors.paths), list(descriptors.paths),
+                      root=descriptors.meta.get("root"), seconds=seconds,
+                      meta={"source": source, "descriptors_meta": descriptors.meta})
+
+
+def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries: DescriptorSet, *,
+                     ks: Sequence[int] = DEFAULT_KS, settings: Sequence[str] | None = None,
+                     top: int = RANKINGS_TOP, distractors: DescriptorSet | None = None,
+                     distractor_index: str = "flat") -> Evaluation:
+    """Evaluate a revisited (or classic) Oxford/Paris dataset (``rkit eval --dataset NAME``).
+
+    Descriptors are matched to the dataset by file name (:meth:`RevisitedDataset.match`), in any
+    order; database images without a descriptor count as never retrieved and queries without one
+    are left out (both reported in :attr:`Evaluation.notes`).
+
+    Args:
+        dataset: the ground truth (:func:`retrievalkit.datasets.load_revisited`).
+        database: descriptors of the dataset's images.
+        queries: descriptors of its queries, cropped to their boxes.
+        distractors: descriptors added to the database, never relevant (R1M protocol,
+            :mod:`retrievalkit.distractors`), searched with a faiss ``distractor_index``.
+
+    Raises:
+        RkitError: no descriptor matches an image (or a query) of the dataset.
+    """
+    check_finite(database.descriptors, f"the {dataset.name} database descriptors", paths=database.paths)
+    check_finite(queries.descriptors, f"the {dataset.name} query descriptors", paths=queries.paths)
+    database_ids, database_rows = dataset.match(database.paths)
+    if not len(database_ids):
+        raise RkitError(f"none of the {len(database)} database descriptors is an image of {dataset.name}: "
+                        f"extract the images of {dataset.image_dir}")
+    query_ids, query_rows = dataset.match(queries.paths, queries=True)
+    if not len(query_ids):
+        raise RkitError(f"none of the {len(queries)} query descriptors is a query of {dataset.name}: "
+                        f"extract the cropped queries (`rkit eval --dataset {dataset.name}` without "
+                        f"--query-descriptors does it)")
+    missing_db, missing_q = len(dataset.images) - len(database_ids), len(dataset.queries) - len(query_ids)
+    notes = [f"{missing_db} of {len(dataset.images)} database images and {missing_q} of {len(dataset.queries)} "
+             f"queries have no descriptor: missing images count as never retrieved, missing queries are "
+             f"left out"] if missing_db or missing_q else []
+    started = time.perf_counter()
+    if distractors is None:
+        results = evaluate_revisited(dataset, queries.descriptors[query_rows], database.descriptors[database_rows],
+                                     query_ids=query_ids, database_ids=database_ids, settings=settings, ks=ks, top=top)
+    else:   # the R1M protocol: retrievalkit/distractors.py
+        from .distractors import evaluate_distractor_set
+
+        results, extra = evaluate_distractor_set(dataset, queries.descriptors[query_rows],
+                                                 database.descriptors[database_rows], distractors, query_ids,
+                                                 database_ids, ks=ks, index=distractor_index)
+    seconds = time.perf_counter() - started
+    protocol = "revisited" if dataset.is_revisited else "classic"
+    info = {"dataset": dataset.name, "images": len(dataset.images), "queries": len(dataset.queries),
+            "dim": database.dim, "missing_images": missing_db, "missing_queries": missing_q}
+    meta = {"dataset": dataset.name, "query_crops": [list(b) if b else None for b in dataset.boxes],
+            "descriptors_meta": database.meta}
+    database_paths = dataset.image_paths()
+    if distractors is not None:
+        info["distractors"], database_paths = extra["count"], database_paths + extra["paths"]
+    return Evaluation(protocol, results, info, dataset.query_paths(), database_paths,
+                      root=str(dataset.image_dir), meta=meta, notes=notes, seconds=seconds)

@@ -1,10 +1,10 @@
-"""Global descriptors of many images, batched, multi-scale, robust to bad files (SPEC section 1).
+"""Global descriptors of many images, batched, multi-scale, robust to bad files (docs/definitions.md §1).
 
 :func:`extract_descriptors` is what ``rkit extract`` and the trainer's mining step run. For every
 image and every scale it resizes the image so that its longest side is ``image_size * scale``
 (aspect ratio kept, see :func:`retrievalkit.images.resized_shape`), runs the model's backbone and
 pooling and L2-normalises (:meth:`RetrievalModel.pooled`). The scales of one image are then
-combined (SPEC section 1): by the generalised mean with the pooling's exponent ``p`` when the
+combined (docs/definitions.md §1): by the generalised mean with the pooling's exponent ``p`` when the
 pooling has one (GeM), by the arithmetic mean otherwise, then L2-normalised; finally the model's
 own whitening layer, if any, is applied and the result re-normalised (:meth:`RetrievalModel.whiten`).
 Whitening is linear, so combining before it is the same as the usual "mean of whitened
@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
+from .descriptors import l2_normalize
 from .device import resolve_device
 from .errors import RkitError
 from .functional import generalized_mean
@@ -240,13 +240,13 @@ def parse_scales(text: str, separator: str = ",", what: str = "scales") -> tuple
 def combine_scales(per_scale: torch.Tensor, p: float | None) -> torch.Tensor:
     """Combine ``(S, ..., D)`` L2-normalised descriptors of S scales into L2-normalised ``(..., D)``.
 
-    SPEC section 1: the generalised mean with exponent ``p`` (the pooling's GeM p) if given,
+    docs/definitions.md §1: the generalised mean with exponent ``p`` (the pooling's GeM p) if given,
     else the arithmetic mean; then L2 normalisation. One scale is returned unchanged.
     """
     if per_scale.shape[0] == 1:
         return per_scale[0]
     combined = per_scale.mean(dim=0) if p is None else generalized_mean(per_scale, p, dim=0)
-    return F.normalize(combined, p=2, dim=-1)
+    return l2_normalize(combined)
 
 
 def pooling_exponent(model: RetrievalModel) -> float | None:

@@ -9,9 +9,9 @@ def generalized_mean(values: torch.Tensor, p: float | torch.Tensor, dim: int | t
                      eps: float = 1e-6) -> torch.Tensor:
     """Generalised (power) mean ``(mean over dim of max(v, eps)^p)^(1/p)``.
 
-    The GeM formula of Radenović, Tolias, Chum (TPAMI 2018, eq. 3; SPEC section 1). It is used
+    The GeM formula of Radenović, Tolias, Chum (TPAMI 2018, eq. 3; docs/definitions.md §1). It is used
     twice: by GeM pooling over the spatial positions of a feature map, and by multi-scale
-    extraction over the scales of one image (SPEC section 1, "combined by generalised mean with
+    extraction over the scales of one image (docs/definitions.md §1, "combined by generalised mean with
     the GeM p"). Values below ``eps`` are clamped to ``eps`` so non-integer powers stay real; p=1
     is the arithmetic mean of the clamped values and p -> infinity approaches the maximum.
     """

@@ -1,4 +1,4 @@
-"""The five hook specifications: one per kind of component.
+"""The hook specifications: one per kind of component (:data:`retrievalkit.components.PLURAL`).
 
 A plugin is a module (or object) with functions marked ``@retrievalkit.hookimpl`` whose names are
 the hooks below. Each hook returns a list of :class:`retrievalkit.Component`; the core calls every
@@ -39,14 +39,14 @@ def rkit_poolings() -> list[Component]:
     """Poolings: feature map ``(B, K, H, W)`` -> global descriptor ``(B, K)``.
 
     The factory returns a ``torch.nn.Module``. It must *not* L2-normalise: the model does that
-    once for every pooling (SPEC section 1). A pooling with a generalised-mean exponent exposes it
+    once for every pooling (docs/definitions.md §1). A pooling with a generalised-mean exponent exposes it
     as the attribute ``p`` so multi-scale extraction can combine scales with the same mean.
     """
 
 
 @hookspec
 def rkit_whitenings() -> list[Component]:
-    """Whitenings: learn a linear projection of descriptors (SPEC section 2).
+    """Whitenings: learn a linear projection of descriptors (docs/definitions.md §2).
 
     The factory takes ``dim: int | None`` (output dimension; ``None`` keeps all) and method
     options, and returns an object with ``fit(data: retrievalkit.whitening.WhiteningData) ->
@@ -57,7 +57,7 @@ def rkit_whitenings() -> list[Component]:
 
 @hookspec
 def rkit_miners() -> list[Component]:
-    """Miners: choose training tuples from a training database (SPEC section 4).
+    """Miners: choose training tuples from a training database (docs/definitions.md §4).
 
     The factory returns an object with ``role`` (``"positive"`` or ``"negative"``),
     ``needs_descriptors: bool`` (whether the trainer must extract the pool's descriptors with
@@ -79,14 +79,18 @@ def rkit_miners() -> list[Component]:
 
 @hookspec
 def rkit_losses() -> list[Component]:
-    """Losses on tuples (SPEC section 3).
+    """Losses on tuples (docs/definitions.md §3).
 
     The factory returns a ``torch.nn.Module`` called as ``loss(embeddings, tuples)`` with
     ``embeddings`` ``(M, D)`` L2-normalised descriptors and ``tuples`` a ``LongTensor``
     ``(T, 2 + N)`` whose rows are ``(query, positive, negative_1 .. negative_N)`` row indices
-    into ``embeddings``; it returns a scalar (the sum over tuples, SPEC section 3).
+    into ``embeddings``; it returns a scalar (the sum over tuples, docs/definitions.md §3).
     """
 
 
 #: Hook name for each component kind: ``rkit_`` + the plural (``backbone`` -> ``rkit_backbones``).
 HOOK_FOR_KIND: dict[str, str] = {kind: f"rkit_{PLURAL[kind]}" for kind in KINDS}
+
+_missing = [hook for hook in HOOK_FOR_KIND.values() if not callable(globals().get(hook))]
+if _missing:  # a kind added to components.PLURAL without its specification here
+    raise ImportError(f"retrievalkit.hookspecs lacks the hook specification(s) {', '.join(_missing)}")

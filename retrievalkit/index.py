@@ -1,6 +1,6 @@
 """Nearest-neighbour search over global descriptors with faiss.
 
-Descriptors are L2-normalised, so the similarity is the dot product (SPEC section 1) and every
+Descriptors are L2-normalised, so the similarity is the dot product (docs/definitions.md §1) and every
 index here uses faiss' inner-product metric:
 
 ``flat``   exact search (``IndexFlatIP``): the default, right up to a few million vectors.
@@ -12,7 +12,14 @@ index here uses faiss' inner-product metric:
            dimension divisible by ``pq_m``.
 
 For evaluation, :func:`rank_all` gives the full ranking of the database for every query with one
-matrix product and an argsort per block of queries (never a Python loop over database images).
+matrix product and an argsort per block of queries (never a Python loop over database images);
+:func:`rank_all_scored` also returns the similarities of the first ranked images. This module is
+the only place where neighbours are computed: evaluation, ``rkit search``, mining and SfM pair
+selection all call it.
+
+Every entry point refuses non-finite descriptors
+(:func:`retrievalkit.descriptors.check_finite`): a NaN similarity sorts anywhere and silently
+corrupts rankings.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import faiss
 import numpy as np
 
 from .atomic import atomic_path
+from .descriptors import check_finite
 from .errors import RkitError
 
 INDEX_KINDS: tuple[str, ...] = ("flat", "ivf", "ivfpq")
@@ -38,6 +46,7 @@ def _as_matrix(vectors: np.ndarray, what: str) -> np.ndarray:
     array = np.asarray(vectors)
     if array.ndim != 2:
         raise RkitError(f"{what} must be a matrix (N, D), got an array of shape {array.shape}")
+    check_finite(array, what)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -162,10 +171,22 @@ def rank_all(database: np.ndarray, queries: np.ndarray, *, exclude_self: bool = 
         database: ``(N, D)`` descriptors.
         queries: ``(Q, D)`` descriptors.
         exclude_self: the queries *are* the database (``Q == N``, query ``i`` is row ``i``); each
-            query's own row is left out, so the result is ``(N, N - 1)``.
+            query's own row is left out (by its row number, whatever its score), so the result
+            is ``(N, N - 1)``.
 
     Returns:
         ``(Q, N)`` (or ``(N, N - 1)``) int64 database row numbers.
+    """
+    return rank_all_scored(database, queries, exclude_self=exclude_self, top=0)[0]
+
+
+def rank_all_scored(database: np.ndarray, queries: np.ndarray, *, exclude_self: bool = False,
+                    top: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rank_all` plus the similarities of the first ``top`` ranked images of each query.
+
+    Returns ``(rankings, scores)``: ``rankings`` as :func:`rank_all`, ``scores`` float32
+    ``(Q, min(top, width))`` (all ``width`` columns when ``top`` is None), from the same matrix
+    product that ranked them.
     """
     db = _as_matrix(database, "the database descriptors")
     q = _as_matrix(queries, "the query descriptors")
@@ -177,16 +198,19 @@ def rank_all(database: np.ndarray, queries: np.ndarray, *, exclude_self: bool = 
     if exclude_self and q.shape[0] != db.shape[0]:
         raise ValueError("exclude_self needs the queries to be the database rows")
     n = db.shape[0]
-    width = n - 1 if exclude_self else n
-    ranking = np.empty((q.shape[0], max(width, 0)), dtype=np.int64)
+    width = max(n - 1 if exclude_self else n, 0)
+    kept = width if top is None else min(int(top), width)
+    ranking = np.empty((q.shape[0], width), dtype=np.int64)
+    scores = np.empty((q.shape[0], kept), dtype=np.float32)
     for block in _query_blocks(q.shape[0], n):
         similarity = q[block] @ db.T
-        if exclude_self:
-            rows = np.arange(block.stop - block.start)
-            similarity[rows, rows + block.start] = -np.inf
         order = np.argsort(-similarity, axis=1, kind="stable")
-        ranking[block] = order[:, :width]
-    return ranking
+        if exclude_self:   # drop each query's own row by its number (not by its score)
+            own = np.arange(block.start, block.stop)[:, None]
+            order = order[order != own].reshape(order.shape[0], width)
+        ranking[block] = order
+        scores[block] = np.take_along_axis(similarity, order[:, :kept], axis=1)
+    return ranking, scores
 
 
 def save_index(index: faiss.Index, path: str | Path) -> Path:

@@ -43,3 +43,23 @@ def uninstall_sigterm_handler() -> None:
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGTERM) is _raise_keyboard_interrupt:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+#: the arguments ``rkit`` was started with (recorded by ``retrievalkit.cli.main``)
+_command_line: list[str] | None = None
+
+
+def remember_command_line(args: list[str]) -> None:
+    """Record the arguments of this ``rkit`` run, for :func:`rerun_command`."""
+    global _command_line
+    _command_line = [str(a) for a in args]
+
+
+def rerun_command(prog: str = "rkit") -> str:
+    """The shell command that runs this ``rkit`` invocation again (the resume command).
+
+    Empty when no command line was recorded (the library used from Python).
+    """
+    import shlex
+
+    return f"{prog} {shlex.join(_command_line)}" if _command_line is not None else ""

@@ -1,4 +1,4 @@
-"""Mining training tuples from a training database (Radenović et al. 2016, sec. 3.2; SPEC 4).
+"""Mining training tuples from a training database (Radenović et al. 2016, sec. 3.2; docs/definitions.md §4).
 
 Miners are plugins (``rkit_miners`` hook). A miner factory returns an object following one of
 the two protocols below. Everything is plain integer indices of database images
@@ -278,7 +278,7 @@ def first_per_model(db: TrainingDatabase, ranked: np.ndarray, count: int) -> np.
 
 
 def candidate_lists(db: TrainingDatabase, queries: Sequence[int]) -> list[np.ndarray]:
-    """M(q) for each query (SPEC 4)."""
+    """M(q) for each query (docs/definitions.md §4)."""
     return [db.co_observing(int(q)) for q in queries]
 
 

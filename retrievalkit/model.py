@@ -1,6 +1,6 @@
 """The global descriptor network: backbone + pooling + L2 + (optional) whitening + L2.
 
-SPEC section 1: image -> backbone (convolutional part) -> feature map -> pooling -> L2-normalise
+docs/definitions.md §1: image -> backbone (convolutional part) -> feature map -> pooling -> L2-normalise
 -> optional whitening (a linear layer, weight P and bias -P m) -> L2-normalise. The model takes
 images with values in [0, 1] and applies the backbone's own input normalisation itself, so no
 caller needs to know which normalisation a backbone wants.
@@ -13,33 +13,21 @@ A model is saved as a directory (``rkit train`` output, ``--model DIR``)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_path, write_text_atomic
 from .components import ComponentSpec
+from .descriptors import l2_normalize
 from .errors import RkitError
 from .plugins import PluginHost, get_host
+from .settings import ModelConfig  # re-exported: defined with the other light settings
 
 MODEL_FORMAT_VERSION = 1
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    """What a model is made of, as the user wrote it (``NAME[:KEY=VALUE...]``)."""
-
-    backbone: str = "efficientnet-lite0"
-    pooling: str = "gem"
-    weights: str = "imagenet"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class RetrievalModel(nn.Module):
@@ -66,13 +54,13 @@ class RetrievalModel(nn.Module):
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised pooled descriptors, before whitening."""
-        return F.normalize(self.pooling(self.feature_map(images)), p=2, dim=-1)
+        return l2_normalize(self.pooling(self.feature_map(images)))
 
     def whiten(self, descriptors: torch.Tensor) -> torch.Tensor:
         """Apply the whitening layer (if any) and re-normalise."""
         if self.whitening is None:
             return descriptors
-        return F.normalize(self.whitening(descriptors), p=2, dim=-1)
+        return l2_normalize(self.whitening(descriptors))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.whiten(self.pooled(images))
@@ -111,7 +99,12 @@ def build_model(config: ModelConfig, host: PluginHost | None = None) -> Retrieva
 
 def load_model(directory: str | Path, host: PluginHost | None = None,
                map_location: str | torch.device = "cpu") -> RetrievalModel:
-    """Load a model saved by :meth:`RetrievalModel.save` (e.g. the output of ``rkit train``)."""
+    """Load a model saved by :meth:`RetrievalModel.save` (e.g. the output of ``rkit train``), or an
+    authors'-format network (a published name or ``.pth`` file, :mod:`retrievalkit.published`)."""
+    from .published import is_published_model, load_published_model
+
+    if is_published_model(directory):
+        return load_published_model(directory, host).to(map_location)
     directory = Path(directory)
     meta_path, weights_path = directory / "model.json", directory / "weights.pt"
     if not meta_path.is_file() or not weights_path.is_file():

@@ -1,28 +1,30 @@
-"""Structure-from-Motion on an unordered photo folder -> training database (SPEC section 4).
+"""Structure-from-Motion on an unordered photo folder -> training database (docs/definitions.md §4).
 
 The pipeline of Radenović et al. 2016 (section 3: "3D models ... from an unordered image
-collection"), with pycolmap (COLMAP) doing the geometry:
+collection"), with pycolmap (COLMAP) doing the geometry. One function per stage:
 
-1. ``features``  SIFT keypoints and descriptors of every readable image (unreadable images are
-   reported and skipped).
-2. ``pairs``     which image pairs to match: all of them (exhaustive) for small folders, else
-   the top-k neighbours of every image by an off-the-shelf global descriptor (as retrieval-
-   guided SfM pipelines do), made symmetric.
-3. ``matches``   SIFT matching and geometric verification of those pairs.
-4. ``mapping``   incremental mapping of each connected group of the match graph; every
-   reconstructed 3D model is a cluster (models sharing an image are merged into one).
-5. ``database``  the training database (:class:`~retrievalkit.trainingdb.TrainingDatabase`) with
-   each registered image's model, camera, 3D points and their depths, plus the pair statistics.
+1. ``features``  :func:`extract_features`: SIFT keypoints and descriptors of every readable
+   image (unreadable images are reported and skipped).
+2. ``pairs``     :func:`choose_pairs`: which image pairs to match, the union of the ``pairs``
+   sources (:mod:`retrievalkit.sfmpairs`): exhaustive, the top-k neighbours of every image by
+   an off-the-shelf global descriptor, sequential neighbours, an hloc pairs file.
+3. ``matches``   :func:`match_pairs`: SIFT matching and geometric verification of those pairs.
+4. ``mapping``   :func:`map_groups`: incremental mapping of each connected group of the match
+   graph; every reconstructed 3D model is a cluster (models sharing an image are merged).
+5. ``database``  :func:`build_database`: the training database
+   (:class:`~retrievalkit.trainingdb.TrainingDatabase`) with each registered image's model,
+   camera, 3D points and their depths, plus the pair statistics.
 
-Each finished stage leaves a marker ``stages/<stage>.json`` (options it ran with, wall time) in
-the output folder. Re-running the same command skips finished stages; a stage whose options
-changed is re-run together with every stage after it. COLMAP itself skips images and pairs
-already in its database, so an interrupted extraction or matching resumes where it stopped.
+:func:`run_sfm` hands the stages to :func:`retrievalkit.stages.run_stages`, which keeps the
+markers ``stages/<stage>.json`` (inputs it ran with, wall time, a few facts): re-running the
+same command skips finished stages; a stage whose inputs changed is re-run together with every
+stage after it. COLMAP itself skips images and pairs already in its database, so an
+interrupted extraction or matching resumes where it stopped.
 
 Output folder layout::
 
     colmap.db            the COLMAP database (features, matches)
-    pairs.txt            the image pairs matched (one "name1 name2" per line)
+    pairs.txt            the image pairs matched (one "name1 name2" per line, hloc's format)
     models/<k>/          the reconstructed models, COLMAP binary format, largest first
     database/            the training database (trainingdb.json + trainingdb.npz; docs/sfm.md)
     report.json          stages, timings, registered and unregistered images
@@ -34,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,11 @@ import numpy as np
 from .atomic import write_text_atomic
 from .dbpkl import import_dbpkl  # re-exported: rkit sfm --import-dbpkl
 from .errors import RkitError
-from .trainingdb import JSON_NAME, TrainingDatabase, load_database
+from .sfmpairs import exhaustive_pairs, neighbour_pairs, resolve_sources, select_pairs, source_inputs
+from .stages import Stage, StagesDone, run_stages
+from .trainingdb import TrainingDatabase, load_database
 
 STAGES = ("features", "pairs", "matches", "mapping", "database")
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 @dataclasses.dataclass
@@ -58,9 +60,10 @@ class SfmOptions:
     image_size: int = 1024
     #: Maximum number of SIFT features per image.
     max_features: int = 8192
-    #: ``auto`` (exhaustive below ``exhaustive_below`` images, else retrieval), ``exhaustive``,
-    #: ``retrieval``.
-    pairs: str = "auto"
+    #: Which pairs to match (:mod:`retrievalkit.sfmpairs`): ``auto`` (exhaustive up to
+    #: ``exhaustive_below`` images, else retrieval), ``exhaustive``, ``retrieval``,
+    #: ``sequential:overlap=N``, an hloc pairs file; or a tuple of these, matched as their union.
+    pairs: str | tuple[str, ...] = "auto"
     #: Neighbours per image for retrieval-guided pairs.
     k: int = 20
     #: With ``pairs="auto"``, folders with at most this many images are matched exhaustively.
@@ -99,7 +102,7 @@ class SfmOptions:
         """The options that influence ``stage`` (a change re-runs it and later stages)."""
         keys = {
             "features": ("image_size", "max_features", "camera_mode"),
-            "pairs": (),  # the resolved mode and, for retrieval, k and the descriptor: see run_sfm
+            "pairs": (),  # the resolved sources and what they depend on: see _pairs_inputs
             "matches": ("min_num_matches",),
             "mapping": ("min_model_size", "split_components", "init_min_tri_angle",
                         "init_max_forward_motion", "abs_pose_min_num_inliers", "min_num_matches",
@@ -125,65 +128,50 @@ class SfmResult:
 
 # -- images ---------------------------------------------------------------------------------
 def find_images(images_dir: str | Path) -> list[str]:
-    """Image files under ``images_dir`` (recursive, sorted), relative to it, '/'-separated."""
+    """Image files under ``images_dir`` (recursive, sorted, symbolic links followed), relative
+    to it, '/'-separated: the toolkit's one folder walk (:mod:`retrievalkit.images`)."""
+    from .images import IMAGE_EXTENSIONS
+
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise RkitError(f"{images_dir} is not a folder: give the folder of photos to reconstruct.")
-    names = sorted(p.relative_to(images_dir).as_posix() for p in images_dir.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                   and not any(part.startswith(".") for part in p.relative_to(images_dir).parts))
+    names = _list_image_files(images_dir)
     if not names:
-        raise RkitError(
-            f"no images in {images_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, "
-            f"recursively): point `rkit sfm` at the folder holding the photos."
-        )
+        raise RkitError(f"no images in {images_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, "
+                        f"recursively): point `rkit sfm` at the folder holding the photos.")
     return names
 
 
+def _list_image_files(folder: Path) -> list[str]:
+    try:
+        from .images import list_image_files
+    except ImportError:  # until the walk moves from extract.py to images.py
+        from .extract import list_images
+
+        try:
+            return list_images(folder)[1]
+        except RkitError:
+            return []
+    return list_image_files(folder)
+
+
 def check_images(images_dir: Path, names: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Split ``names`` into images PIL can decode and (name, reason) for those it cannot."""
-    from PIL import Image
+    """Split ``names`` into images that decode (:func:`retrievalkit.images.load_rgb`) and
+    (name, reason) for those that do not."""
+    from .images import ImageLoadError, load_rgb
 
     good: list[str] = []
     bad: list[tuple[str, str]] = []
     for name in names:
         try:
-            with Image.open(images_dir / name) as image:
-                image.load()
-                if min(image.size) < 16:
-                    raise ValueError(f"too small ({image.size[0]}x{image.size[1]} px)")
+            load_rgb(images_dir / name)
             good.append(name)
-        except Exception as exc:  # noqa: BLE001 - any decoding failure means: skip this image
-            bad.append((name, f"{type(exc).__name__}: {exc}"))
+        except ImageLoadError as exc:
+            bad.append((name, str(exc)))
     return good, bad
 
 
-# -- pairs ------------------------------------------------------------------------------------
-def exhaustive_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
-    """Every unordered pair of images."""
-    return [(names[a], names[b]) for a in range(len(names)) for b in range(a + 1, len(names))]
-
-
-def neighbour_pairs(descriptors: np.ndarray, names: Sequence[str], k: int) -> list[tuple[str, str]]:
-    """Unordered pairs (a, b) where b is among the ``k`` nearest descriptors of a or vice versa.
-
-    ``descriptors`` are L2-normalised rows; nearness is the dot product (exact search).
-    """
-    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
-    n = len(names)
-    k = max(0, min(k, n - 1))
-    if k == 0:
-        return []
-    from .index import build_index, search
-
-    _, ids = search(build_index(descriptors, "flat"), descriptors, k + 1)
-    chosen: set[tuple[int, int]] = set()
-    for a in range(n):
-        for b in [int(x) for x in ids[a] if int(x) != a and int(x) >= 0][:k]:
-            chosen.add((min(a, b), max(a, b)))
-    return [(names[a], names[b]) for a, b in sorted(chosen)]
-
-
+# -- retrieval descriptors for the pairs ----------------------------------------------------------
 def retrieval_descriptors(images_dir: Path, names: Sequence[str], options: SfmOptions,
                           progress: bool = True) -> np.ndarray:
     """Global descriptors of ``names`` with the off-the-shelf (or saved) ``descriptor_model``."""
@@ -215,6 +203,7 @@ def retrieval_descriptors(images_dir: Path, names: Sequence[str], options: SfmOp
                 full[row] = result.descriptors[lookup[name]]
         return full
     return np.asarray(result.descriptors, np.float32)
+
 
 
 # -- building the training database from reconstructions -------------------------------------
@@ -302,57 +291,6 @@ def _merge_models_sharing_images(reconstructions: Sequence[Any],
     return [ids.setdefault(root(m), len(ids)) for m in range(len(reconstructions))]
 
 
-# -- stage bookkeeping ------------------------------------------------------------------------
-class _Stages:
-    """Markers ``stages/<stage>.json`` recording finished stages and the options they ran with."""
-
-    def __init__(self, out_dir: Path, options: SfmOptions, log: Callable[[str], None]) -> None:
-        self.dir = out_dir / "stages"
-        self.options = options
-        self.log = log
-        self.invalid_from: int | None = None
-        self.changed: set[str] = set()
-
-    def marker(self, stage: str) -> Path:
-        return self.dir / f"{stage}.json"
-
-    def done(self, stage: str, extra: dict[str, Any] | None = None) -> bool:
-        """Whether ``stage`` finished earlier with the same options (and all earlier ones did)."""
-        index = STAGES.index(stage)
-        if self.invalid_from is not None and index >= self.invalid_from:
-            return False
-        path = self.marker(stage)
-        if not path.is_file():
-            self.invalid_from = index
-            return False
-        recorded = json.loads(path.read_text())
-        wanted = {**self.options.stage_options(stage), **(extra or {})}
-        if recorded.get("options") != json.loads(json.dumps(wanted)):
-            self.log(f"[{stage}] options changed since the last run: redoing it and later stages")
-            self.invalid_from = index
-            self.changed.add(stage)
-            for later in STAGES[index:]:
-                self.marker(later).unlink(missing_ok=True)
-            return False
-        return True
-
-    def redo(self, stage: str) -> None:
-        """Mark ``stage`` (and so every later one) as to be run again."""
-        index = STAGES.index(stage)
-        self.invalid_from = index if self.invalid_from is None else min(self.invalid_from, index)
-
-    def finish(self, stage: str, seconds: float, extra: dict[str, Any] | None = None,
-               info: dict[str, Any] | None = None) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        record = {"stage": stage, "options": {**self.options.stage_options(stage), **(extra or {})},
-                  "seconds": round(seconds, 2), **(info or {})}
-        write_text_atomic(self.marker(stage), json.dumps(record, indent=1) + "\n")
-
-    def seconds(self, stage: str) -> float:
-        path = self.marker(stage)
-        return float(json.loads(path.read_text()).get("seconds", 0.0)) if path.is_file() else 0.0
-
-
 def _camera_mode(name: str) -> Any:
     import pycolmap
 
@@ -417,41 +355,294 @@ def _drop_other_matches(colmap_db: Path, pairs: Sequence[tuple[str, str]]) -> in
     return len(stale)
 
 
+
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 # -- the pipeline -----------------------------------------------------------------------------
-def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | None = None, *,
-            progress: bool = True, log: Callable[[str], None] | None = None,
-            stop_after: str | None = None, verbose: bool = False) -> SfmResult:
-    """Reconstruct ``images_dir`` with pycolmap and write the training database to ``out_dir``.
+@dataclasses.dataclass
+class SfmRun:
+    """What the stages of one :func:`run_sfm` call share: inputs, and what earlier stages left."""
 
-    Re-running with the same ``out_dir`` reuses finished stages (see the module docstring).
-    ``stop_after`` (a stage name) ends the run after that stage, e.g. to inspect the pairs.
-    ``verbose`` lets COLMAP's own log through (otherwise only its errors).
-    Raises :class:`RkitError` when the folder has no readable image or no model can be built.
-    """
+    images_dir: Path
+    out_dir: Path
+    options: SfmOptions
+    names: list[str]
+    unreadable: list[tuple[str, str]]
+    pair_sources: list[str]
+    log: Callable[[str], None]
+    progress: bool = True
+    done: StagesDone = dataclasses.field(default_factory=StagesDone)
+    reconstructions: list[Any] = dataclasses.field(default_factory=list)
+    database: TrainingDatabase | None = None
+    _components: list[list[str]] | None = None
+
+    @property
+    def colmap_db(self) -> Path:
+        return self.out_dir / "colmap.db"
+
+    @property
+    def pairs_file(self) -> Path:
+        return self.out_dir / "pairs.txt"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.out_dir / "models"
+
+    @property
+    def pairs_mode(self) -> str:
+        return "+".join(self.pair_sources)
+
+    def components(self) -> list[list[str]]:
+        """The match graph's groups (:func:`match_graph_components`), read once per run."""
+        if self._components is None:
+            self._components = match_graph_components(self.colmap_db, self.names, self.options.min_num_matches)
+        return self._components
+
+    def bar(self, total: int, desc: str, unit: str) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit=unit, disable=not self.progress)
+
+
+def extract_features(run: SfmRun) -> dict[str, Any]:
+    """Stage ``features``: SIFT on every readable image into ``colmap.db`` (in chunks, so an
+    interruption loses one chunk; a change of options starts the database afresh)."""
     import pycolmap
-    from tqdm import tqdm
 
-    options = options or SfmOptions()
-    log = log or (lambda message: print(message, flush=True))
-    images_dir = Path(images_dir).resolve()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if options.pairs not in ("auto", "exhaustive", "retrieval"):
-        raise RkitError(f"--pairs {options.pairs!r}: use auto, exhaustive or retrieval")
-    if stop_after is not None and stop_after not in STAGES:
-        raise RkitError(f"stop_after {stop_after!r}: use one of {', '.join(STAGES)}")
-    pycolmap.logging.minloglevel = 0 if verbose else 2
-    stages = _Stages(out_dir, options, log)
-    colmap_db = out_dir / "colmap.db"
-    timings: dict[str, float] = {}
-    skipped: list[str] = []
+    options = run.options
+    if "features" in run.done.changed and run.colmap_db.exists():
+        run.colmap_db.unlink()  # features of other options: start afresh
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.max_image_size = options.image_size
+    extraction.num_threads = options.num_threads
+    extraction.sift.max_num_features = options.max_features
+    run.log(f"[features] SIFT on {len(run.names)} images (longest side <= {options.image_size} px)")
+    with run.bar(len(run.names), "features", "img") as bar:
+        for chunk in _chunks(run.names, 16):
+            pycolmap.extract_features(run.colmap_db, run.images_dir, image_names=list(chunk),
+                                      camera_mode=_camera_mode(options.camera_mode),
+                                      extraction_options=extraction, device=pycolmap.Device.cpu)
+            bar.update(len(chunk))
+    with pycolmap.Database.open(run.colmap_db) as db:
+        with_features = {img.name for img in db.read_all_images() if db.num_keypoints_for_image(img.image_id) > 0}
+    return {"images_without_features": [n for n in run.names if n not in with_features]}
 
-    names = find_images(images_dir)
-    names, unreadable = check_images(images_dir, names)
+
+def _pairs_inputs(run: SfmRun) -> dict[str, Any]:
+    inputs: dict[str, Any] = {"mode": run.pairs_mode, "images": len(run.names)}
+    if "retrieval" in run.pair_sources:
+        options = run.options
+        inputs.update(k=options.k, descriptor_model=options.descriptor_model,
+                      descriptor_image_size=options.descriptor_image_size)
+    return {**inputs, **source_inputs(run.pair_sources)}
+
+
+def choose_pairs(run: SfmRun) -> dict[str, Any]:
+    """Stage ``pairs``: the union of the pair sources -> ``pairs.txt``; matches of pairs no
+    longer chosen (an earlier run's) are dropped from ``colmap.db``."""
+    from .hloc import write_pairs
+
+    options = run.options
+
+    def descriptors() -> np.ndarray:
+        run.log(f"[pairs] retrieval: top-{options.k} neighbours by {options.descriptor_model} "
+                f"at {options.descriptor_image_size} px")
+        return retrieval_descriptors(run.images_dir, run.names, options, run.progress)
+
+    pairs = select_pairs(run.names, run.pair_sources, run.log, descriptors, options.k)
+    n = len(run.names)
+    run.log(f"[pairs] {len(pairs)} pairs to match (exhaustive would be {n * (n - 1) // 2})")
+    write_pairs(run.pairs_file, pairs)
+    if "features" in run.done.reused:
+        dropped = _drop_other_matches(run.colmap_db, pairs)
+        if dropped:
+            run.log(f"[pairs] dropped the matches of {dropped} pairs of an earlier run not in the new list")
+    return {"num_pairs": len(pairs)}
+
+
+def match_pairs(run: SfmRun) -> dict[str, Any]:
+    """Stage ``matches``: SIFT matching and geometric verification of ``pairs.txt``, in chunks
+    of :func:`match_chunk_size` pairs (the progress bar moves, an interruption loses one chunk)."""
+    import pycolmap
+
+    from .hloc import read_pairs, write_pairs
+
+    options = run.options
+    pairs = read_pairs(run.pairs_file)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = options.num_threads
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.min_num_inliers = options.min_num_matches
+    pairing = pycolmap.ImportedPairingOptions()
+    pairing.match_list_path = run.out_dir / "pairs.chunk.txt"
+    run.log(f"[matches] matching and verifying {len(pairs)} pairs")
+    with run.bar(len(pairs), "matches", "pair") as bar:
+        for chunk in _chunks(pairs, match_chunk_size(len(pairs))):
+            write_pairs(pairing.match_list_path, chunk)
+            pycolmap.match_image_pairs(run.colmap_db, matching_options=matching, pairing_options=pairing,
+                                       verification_options=verification, device=pycolmap.Device.cpu)
+            bar.update(len(chunk))
+    Path(pairing.match_list_path).unlink(missing_ok=True)
+    with pycolmap.Database.open(run.colmap_db) as db:
+        _, inliers = db.read_two_view_geometry_num_inliers()
+    verified = sum(1 for n in inliers if n >= options.min_num_matches)
+    run.log(f"[matches] {verified} pairs with >= {options.min_num_matches} verified matches")
+    return {"verified_pairs": int(verified)}
+
+
+def match_chunk_size(num_pairs: int) -> int:
+    """Pairs per matching call: about 1/40 of them (so the bar moves about 40 times), at least
+    32 (each call costs: matching 32 Lund pairs took 1.5x as long in chunks of 4 as in one call,
+    as COLMAP's matching and verification threads drain at the end of a call), at most 200."""
+    return int(min(200, max(32, -(-num_pairs // 40))))
+
+
+def _mapping_options(options: SfmOptions) -> Any:
+    import pycolmap
+
+    pipeline = pycolmap.IncrementalPipelineOptions()
+    pipeline.min_model_size = options.min_model_size
+    pipeline.min_num_matches = options.min_num_matches
+    pipeline.num_threads = options.num_threads
+    pipeline.multiple_models = True
+    pipeline.extract_colors = False
+    pipeline.random_seed = options.seed
+    pipeline.mapper.init_min_tri_angle = options.init_min_tri_angle
+    pipeline.mapper.abs_pose_min_num_inliers = options.abs_pose_min_num_inliers
+    pipeline.mapper.init_max_forward_motion = options.init_max_forward_motion
+    return pipeline
+
+
+def map_groups(run: SfmRun) -> dict[str, Any]:
+    """Stage ``mapping``: incremental mapping of each group of the match graph (or of all
+    images) -> ``models/<k>/``, largest first, written in full before the old ones go."""
+    import pycolmap
+
+    options = run.options
+    pipeline = _mapping_options(options)
+    work = run.out_dir / "models.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    groups = run.components() if options.split_components else [list(run.names)]
+    groups = [g for g in groups if len(g) >= options.min_model_size]
+    run.log(f"[mapping] incremental mapping of {len(groups)} connected group(s) of images "
+            f"({', '.join(str(len(g)) for g in groups)}), min model size {options.min_model_size}")
+    found = []
+    with run.bar(sum(len(g) for g in groups), "mapping", "img") as bar:
+        for k, group in enumerate(groups):
+            pipeline.image_names = group
+            (work / str(k)).mkdir(parents=True)
+            step = _capped(bar, len(group))
+            found += list(pycolmap.incremental_mapping(
+                run.colmap_db, run.images_dir, work / str(k), options=pipeline,
+                initial_image_pair_callback=lambda: step(2), next_image_callback=lambda: step(1)).values())
+            step(len(group))  # the group is done: images the mapper left out count as handled
+    shutil.rmtree(work, ignore_errors=True)
+    reconstructions = sorted(found, key=lambda r: -r.num_reg_images())
+    run.reconstructions = [r for r in reconstructions if r.num_reg_images() >= options.min_model_size]
+    _write_models(run.reconstructions, run.out_dir / "models.new", run.models_dir)
+    sizes = [r.num_reg_images() for r in run.reconstructions]
+    run.log(f"[mapping] {len(sizes)} models ({', '.join(map(str, sizes))} images)")
+    return {"models": sizes}
+
+
+def _capped(bar: Any, total: int) -> Callable[[int], None]:
+    """``step(n)`` advances ``bar`` by ``n``, never past ``total`` steps in all."""
+    left = [total]
+
+    def step(count: int) -> None:
+        take = min(count, left[0])
+        left[0] -= take
+        bar.update(take)
+
+    return step
+
+
+def _write_models(reconstructions: Sequence[Any], staging: Path, final: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for k, rec in enumerate(reconstructions):
+        (staging / str(k)).mkdir()
+        rec.write(str(staging / str(k)))
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+
+
+def load_models(run: SfmRun) -> bool:
+    """Reuse ``models/<k>/`` of an earlier run (False when the folder is missing)."""
+    import pycolmap
+
+    if not run.models_dir.is_dir():
+        return False
+    run.reconstructions = [pycolmap.Reconstruction(str(d)) for d in
+                           sorted(run.models_dir.iterdir(), key=lambda d: int(d.name)) if d.is_dir()]
+    return True
+
+
+def _not_registered(run: SfmRun, database: TrainingDatabase) -> list[str]:
+    registered = set(database.images)
+    return [n for n in run.names if n not in registered]
+
+
+def build_database(run: SfmRun) -> dict[str, Any]:
+    """Stage ``database``: the training database from the models, with pair statistics."""
+    _require_models(run)
+    groups = run.components() if run.options.split_components else None
+    database = database_from_reconstructions(run.reconstructions, root=run.images_dir, groups=groups)
+    database.meta.update({
+        "source": "rkit sfm",
+        "images_dir": str(run.images_dir),
+        "options": dataclasses.asdict(run.options),
+        "pairs_mode": run.pairs_mode,
+        "unregistered": _not_registered(run, database),
+        "unreadable": [list(u) for u in run.unreadable],
+    })
+    database.use_pair_statistics(database.compute_pair_statistics(progress=run.progress))
+    database.save(run.out_dir / "database")
+    run.database = database
+    return {}
+
+
+def load_stored_database(run: SfmRun) -> bool:
+    """Reuse ``database/`` of an earlier run (False when it is missing or damaged)."""
+    _require_models(run)
+    try:
+        run.database = load_database(run.out_dir / "database")
+    except RkitError as exc:  # a damaged database: build it again from the models
+        run.log(f"[database] the stored database cannot be read ({exc}): building it again")
+        return False
+    return True
+
+
+def _require_models(run: SfmRun) -> None:
+    if not run.reconstructions:
+        raise RkitError(
+            f"no 3D model could be reconstructed from {len(run.names)} images in {run.images_dir}: they "
+            f"share too few verified matches. SfM needs several overlapping photos of each place; "
+            f"try --pairs exhaustive, a larger --image-size, or a smaller --min-model-size."
+        )
+
+
+def sfm_stages(options: SfmOptions) -> list[Stage[SfmRun]]:
+    """The stages of :func:`run_sfm`, in order: name -> function (and its inputs, its reuse)."""
+
+    def keys(stage: str, extra: Callable[[SfmRun], dict[str, Any]] = lambda run: {}) -> Callable[[SfmRun], dict[str, Any]]:
+        return lambda run: {**options.stage_options(stage), **extra(run)}
+
+    return [
+        Stage("features", extract_features, keys("features", lambda run: {"images": len(run.names)})),
+        Stage("pairs", choose_pairs, keys("pairs", _pairs_inputs), lambda run: run.pairs_file.is_file()),
+        Stage("matches", match_pairs, keys("matches")),
+        Stage("mapping", map_groups, keys("mapping"), load_models),
+        Stage("database", build_database, keys("database"), load_stored_database),
+    ]
+
+
+def _prepare(images_dir: Path, log: Callable[[str], None]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The readable images of ``images_dir`` (and the unreadable ones, logged); clear errors
+    for fewer than two or for names a pairs file cannot hold."""
+    names, unreadable = check_images(images_dir, find_images(images_dir))
     for name, reason in unreadable:
         log(f"skipping unreadable image {name}: {reason}")
     if len(names) < 2:
@@ -463,238 +654,74 @@ def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | N
     if spaced:  # checked before any work: the pairs file COLMAP matches is "name1 name2" per line
         raise RkitError(f"image file names with spaces cannot be matched by a pairs file ({spaced[0]!r}"
                         f"{f' and {len(spaced) - 1} more' if len(spaced) > 1 else ''}); rename them.")
-    extra_features = {"images": len(names)}
+    return names, unreadable
 
-    components: list[list[str]] | None = None
 
-    def graph_components() -> list[list[str]]:
-        """The match graph's groups (:func:`match_graph_components`), read once per run."""
-        nonlocal components
-        if components is None:
-            components = match_graph_components(colmap_db, names, options.min_num_matches)
-        return components
+def run_sfm(images_dir: str | Path, out_dir: str | Path, options: SfmOptions | None = None, *,
+            progress: bool = True, log: Callable[[str], None] | None = None,
+            stop_after: str | None = None, verbose: bool = False) -> SfmResult:
+    """Reconstruct ``images_dir`` with pycolmap and write the training database to ``out_dir``.
 
-    # 1. features ----------------------------------------------------------------------------
-    if stages.done("features", extra_features):
-        skipped.append("features")
-        log(f"[features] done earlier ({stages.seconds('features'):.1f} s), reusing {colmap_db.name}")
-    else:
-        if "features" in stages.changed and colmap_db.exists():
-            colmap_db.unlink()  # features of other options: start afresh
-        start = time.perf_counter()
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.max_image_size = options.image_size
-        extraction.num_threads = options.num_threads
-        extraction.sift.max_num_features = options.max_features
-        log(f"[features] SIFT on {len(names)} images (longest side <= {options.image_size} px)")
-        bar = tqdm(total=len(names), desc="features", unit="img", disable=not progress)
-        for chunk in _chunks(names, 16):
-            pycolmap.extract_features(colmap_db, images_dir, image_names=list(chunk),
-                                      camera_mode=_camera_mode(options.camera_mode),
-                                      extraction_options=extraction, device=pycolmap.Device.cpu)
-            bar.update(len(chunk))
-        bar.close()
-        timings["features"] = time.perf_counter() - start
-        with pycolmap.Database.open(colmap_db) as db:
-            with_features = {img.name for img in db.read_all_images() if db.num_keypoints_for_image(img.image_id) > 0}
-        no_features = [n for n in names if n not in with_features]
-        stages.finish("features", timings["features"], extra_features,
-                      {"images_without_features": no_features})
-        log(f"[features] {timings['features']:.1f} s")
-    if stop_after == "features":
-        return _partial_result(out_dir, timings, skipped, unreadable)
+    Re-running with the same ``out_dir`` reuses finished stages (see the module docstring).
+    ``stop_after`` (a stage name) ends the run after that stage, e.g. to inspect the pairs.
+    ``verbose`` lets COLMAP's own log through (otherwise only its errors).
+    Raises :class:`RkitError` when the folder has no readable image or no model can be built.
+    """
+    import pycolmap
 
-    # 2. pairs ---------------------------------------------------------------------------------
-    pairs_file = out_dir / "pairs.txt"
-    mode = options.pairs
-    if mode == "auto":
-        mode = "exhaustive" if len(names) <= options.exhaustive_below else "retrieval"
-    extra_pairs: dict[str, Any] = {"mode": mode, "images": len(names)}
-    if mode == "retrieval":
-        extra_pairs.update(k=options.k, descriptor_model=options.descriptor_model,
-                           descriptor_image_size=options.descriptor_image_size)
-    if stages.done("pairs", extra_pairs) and pairs_file.is_file():
-        skipped.append("pairs")
-        log(f"[pairs] done earlier ({stages.seconds('pairs'):.1f} s), reusing {pairs_file.name}")
-    else:
-        stages.redo("pairs")
-        start = time.perf_counter()
-        if mode == "exhaustive":
-            pairs = exhaustive_pairs(names)
-            log(f"[pairs] exhaustive: {len(pairs)} pairs")
-        else:
-            log(f"[pairs] retrieval: top-{options.k} neighbours by {options.descriptor_model} "
-                f"at {options.descriptor_image_size} px")
-            descriptors = retrieval_descriptors(images_dir, names, options, progress)
-            pairs = neighbour_pairs(descriptors, names, options.k)
-            log(f"[pairs] {len(pairs)} pairs (exhaustive would be {len(names) * (len(names) - 1) // 2})")
-        write_text_atomic(pairs_file, "".join(f"{a} {b}\n" for a, b in pairs))
-        if "features" in skipped:
-            dropped = _drop_other_matches(colmap_db, pairs)
-            if dropped:
-                log(f"[pairs] dropped the matches of {dropped} pairs of an earlier run not in the new list")
-        timings["pairs"] = time.perf_counter() - start
-        stages.finish("pairs", timings["pairs"], extra_pairs, {"num_pairs": len(pairs)})
-        log(f"[pairs] {timings['pairs']:.1f} s")
-    if stop_after == "pairs":
-        return _partial_result(out_dir, timings, skipped, unreadable)
+    options = options or SfmOptions()
+    log = log or (lambda message: print(message, flush=True))
+    images_dir = Path(images_dir).resolve()
+    out_dir = Path(out_dir)
+    if stop_after is not None and stop_after not in STAGES:
+        raise RkitError(f"stop_after {stop_after!r}: use one of {', '.join(STAGES)}")
+    names, unreadable = _prepare(images_dir, log)
+    sources = resolve_sources(options.pairs, len(names), options.exhaustive_below)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pycolmap.logging.minloglevel = 0 if verbose else 2
+    run = SfmRun(images_dir, out_dir, options, names, unreadable, sources, log, progress)
+    run_stages(sfm_stages(options), run, out_dir / "stages", log, stop_after, run.done)
+    if run.database is None:
+        return _partial_result(run)
+    return _finish(run)
 
-    # 3. matches -------------------------------------------------------------------------------
-    if stages.done("matches"):
-        skipped.append("matches")
-        log(f"[matches] done earlier ({stages.seconds('matches'):.1f} s)")
-    else:
-        start = time.perf_counter()
-        pairs = [tuple(line.split(" ", 1)) for line in pairs_file.read_text().splitlines() if line.strip()]
-        matching = pycolmap.FeatureMatchingOptions()
-        matching.num_threads = options.num_threads
-        verification = pycolmap.TwoViewGeometryOptions()
-        verification.min_num_inliers = options.min_num_matches
-        log(f"[matches] matching and verifying {len(pairs)} pairs")
-        bar = tqdm(total=len(pairs), desc="matches", unit="pair", disable=not progress)
-        chunk_file = out_dir / "pairs.chunk.txt"
-        for chunk in _chunks(pairs, 200):
-            write_text_atomic(chunk_file, "".join(f"{a} {b}\n" for a, b in chunk))
-            pairing = pycolmap.ImportedPairingOptions()
-            pairing.match_list_path = chunk_file
-            pycolmap.match_image_pairs(colmap_db, matching_options=matching, pairing_options=pairing,
-                                       verification_options=verification, device=pycolmap.Device.cpu)
-            bar.update(len(chunk))
-        bar.close()
-        chunk_file.unlink(missing_ok=True)
-        timings["matches"] = time.perf_counter() - start
-        with pycolmap.Database.open(colmap_db) as db:
-            _, inliers = db.read_two_view_geometry_num_inliers()
-        verified = sum(1 for n in inliers if n >= options.min_num_matches)
-        stages.finish("matches", timings["matches"], None, {"verified_pairs": int(verified)})
-        log(f"[matches] {verified} pairs with >= {options.min_num_matches} verified matches, "
-            f"{timings['matches']:.1f} s")
-    if stop_after == "matches":
-        return _partial_result(out_dir, timings, skipped, unreadable)
 
-    # 4. mapping -------------------------------------------------------------------------------
-    models_dir = out_dir / "models"
-    if stages.done("mapping") and models_dir.is_dir():
-        skipped.append("mapping")
-        log(f"[mapping] done earlier ({stages.seconds('mapping'):.1f} s)")
-        reconstructions = [pycolmap.Reconstruction(str(d)) for d in
-                           sorted(models_dir.iterdir(), key=lambda d: int(d.name)) if d.is_dir()]
-    else:
-        stages.redo("mapping")
-        start = time.perf_counter()
-        pipeline = pycolmap.IncrementalPipelineOptions()
-        pipeline.min_model_size = options.min_model_size
-        pipeline.min_num_matches = options.min_num_matches
-        pipeline.num_threads = options.num_threads
-        pipeline.multiple_models = True
-        pipeline.extract_colors = False
-        pipeline.random_seed = options.seed
-        pipeline.mapper.init_min_tri_angle = options.init_min_tri_angle
-        pipeline.mapper.abs_pose_min_num_inliers = options.abs_pose_min_num_inliers
-        pipeline.mapper.init_max_forward_motion = options.init_max_forward_motion
-        work = out_dir / "models.partial"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        groups = graph_components() if options.split_components else [list(names)]
-        groups = [g for g in groups if len(g) >= options.min_model_size]
-        log(f"[mapping] incremental mapping of {len(groups)} connected group(s) of images "
-            f"({', '.join(str(len(g)) for g in groups)}), min model size {options.min_model_size}")
-        bar = tqdm(total=sum(len(g) for g in groups), desc="mapping", unit="img", disable=not progress)
-        found = []
-        for k, group in enumerate(groups):
-            pipeline.image_names = group
-            (work / str(k)).mkdir()
-            found += list(pycolmap.incremental_mapping(colmap_db, images_dir, work / str(k), options=pipeline,
-                                                       next_image_callback=lambda: bar.update(1)).values())
-        bar.close()
-        reconstructions = sorted(found, key=lambda r: -r.num_reg_images())
-        reconstructions = [r for r in reconstructions if r.num_reg_images() >= options.min_model_size]
-        final = out_dir / "models"
-        shutil.rmtree(work, ignore_errors=True)
-        partial_final = out_dir / "models.new"
-        shutil.rmtree(partial_final, ignore_errors=True)
-        for k, rec in enumerate(reconstructions):
-            (partial_final / str(k)).mkdir(parents=True)
-            rec.write(str(partial_final / str(k)))
-        partial_final.mkdir(exist_ok=True)
-        shutil.rmtree(final, ignore_errors=True)
-        partial_final.rename(final)
-        timings["mapping"] = time.perf_counter() - start
-        stages.finish("mapping", timings["mapping"], None,
-                      {"models": [r.num_reg_images() for r in reconstructions]})
-        log(f"[mapping] {len(reconstructions)} models "
-            f"({', '.join(str(r.num_reg_images()) for r in reconstructions)} images), "
-            f"{timings['mapping']:.1f} s")
-    if not reconstructions:
-        raise RkitError(
-            f"no 3D model could be reconstructed from {len(names)} images in {images_dir}: they "
-            f"share too few verified matches. SfM needs several overlapping photos of each place; "
-            f"try --pairs exhaustive, a larger --image-size, or a smaller --min-model-size."
-        )
-    if stop_after == "mapping":
-        return _partial_result(out_dir, timings, skipped, unreadable)
-
-    # 5. training database ------------------------------------------------------------------------
-    def not_registered(db: TrainingDatabase) -> list[str]:
-        registered = set(db.images)
-        return [n for n in names if n not in registered]
-
-    database: TrainingDatabase | None = None
-    if stages.done("database") and (out_dir / "database" / JSON_NAME).is_file():
-        try:
-            database = load_database(out_dir / "database")
-            skipped.append("database")
-            log(f"[database] done earlier ({stages.seconds('database'):.1f} s)")
-        except RkitError as exc:  # a damaged database: build it again from the models
-            log(f"[database] the stored database cannot be read ({exc}): building it again")
-    if database is None:
-        start = time.perf_counter()
-        groups = graph_components() if options.split_components else None
-        database = database_from_reconstructions(reconstructions, root=images_dir, groups=groups)
-        database.meta.update({
-            "source": "rkit sfm",
-            "images_dir": str(images_dir),
-            "options": dataclasses.asdict(options),
-            "pairs_mode": mode,
-            "unregistered": not_registered(database),
-            "unreadable": [list(u) for u in unreadable],
-        })
-        database.use_pair_statistics(database.compute_pair_statistics(progress=progress))
-        database.save(out_dir / "database")
-        timings["database"] = time.perf_counter() - start
-        stages.finish("database", timings["database"])
-    registered = set(database.images)
-    unregistered = not_registered(database)
-    all_timings = {stage: (timings[stage] if stage in timings else stages.seconds(stage)) for stage in STAGES}
+def _finish(run: SfmRun) -> SfmResult:
+    """Write ``report.json``, log the summary, and the result."""
+    database = run.database
+    assert database is not None
+    unregistered = _not_registered(run, database)
+    seconds = {stage: run.done.seconds.get(stage, 0.0) for stage in STAGES}
     report = {
-        "images_dir": str(images_dir),
-        "images": len(names) + len(unreadable),
-        "registered": len(registered),
+        "images_dir": str(run.images_dir),
+        "images": len(run.names) + len(run.unreadable),
+        "registered": len(database.images),
         "unregistered": unregistered,
-        "unreadable": [list(u) for u in unreadable],
+        "unreadable": [list(u) for u in run.unreadable],
         "models": [int(n) for n in np.bincount(database.clusters)],
-        "pairs_mode": mode,
-        "seconds": {k: round(v, 2) for k, v in all_timings.items()},
-        "reused_stages": skipped,
-        "options": dataclasses.asdict(options),
+        "pairs_mode": run.pairs_mode,
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "reused_stages": run.done.reused,
+        "options": dataclasses.asdict(run.options),
     }
-    write_text_atomic(out_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    write_text_atomic(run.out_dir / "report.json", json.dumps(report, indent=1) + "\n")
     if unregistered:
-        log(f"{len(unregistered)} image(s) not registered in any model: "
-            + ", ".join(unregistered[:20]) + (" ..." if len(unregistered) > 20 else ""))
-    log(f"training database: {len(registered)} images in {database.num_clusters} models -> "
-        f"{out_dir / 'database'}")
-    return SfmResult(out_dir=out_dir, database=database, registered=sorted(registered),
-                     unregistered=unregistered, unreadable=unreadable, timings=all_timings,
-                     skipped_stages=skipped, num_models=database.num_clusters)
+        run.log(f"{len(unregistered)} image(s) not registered in any model: "
+                + ", ".join(unregistered[:20]) + (" ..." if len(unregistered) > 20 else ""))
+    run.log(f"training database: {len(database.images)} images in {database.num_clusters} models -> "
+            f"{run.out_dir / 'database'}")
+    return SfmResult(out_dir=run.out_dir, database=database, registered=sorted(database.images),
+                     unregistered=unregistered, unreadable=run.unreadable, timings=seconds,
+                     skipped_stages=list(run.done.reused), num_models=database.num_clusters)
 
 
-def _partial_result(out_dir: Path, timings: dict[str, float], skipped: list[str],
-                    unreadable: list[tuple[str, str]]) -> SfmResult:
+def _partial_result(run: SfmRun) -> SfmResult:
     empty = TrainingDatabase(images=[], clusters=np.zeros(0, np.int64))
-    return SfmResult(out_dir=out_dir, database=empty, registered=[], unregistered=[],
-                     unreadable=unreadable, timings=timings, skipped_stages=skipped, num_models=0)
+    return SfmResult(out_dir=run.out_dir, database=empty, registered=[], unregistered=[],
+                     unreadable=run.unreadable, timings=dict(run.done.seconds),
+                     skipped_stages=list(run.done.reused), num_models=0)
 
 
-__all__ = ["SfmOptions", "SfmResult", "run_sfm", "find_images", "check_images", "exhaustive_pairs",
-           "neighbour_pairs", "database_from_reconstructions", "load_database", "import_dbpkl", "STAGES"]
+__all__ = ["SfmOptions", "SfmResult", "SfmRun", "run_sfm", "find_images", "check_images",
+           "exhaustive_pairs", "neighbour_pairs", "database_from_reconstructions", "load_database",
+           "import_dbpkl", "sfm_stages", "STAGES"]

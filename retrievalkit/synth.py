@@ -1,7 +1,7 @@
 """The embedded synthetic multi-view dataset: textured 3D "landmarks" rendered from known cameras.
 
 ``generate_synthetic(out_dir)`` writes a small collection in which every image's true camera is
-known, so that what Structure-from-Motion recovers (SPEC section 4: the 3D points P(i) an image
+known, so that what Structure-from-Motion recovers (docs/definitions.md §4: the 3D points P(i) an image
 observes, their depths, the camera centre and focal) can be checked against the truth, and so
 that training and evaluation have data without any download::
 
@@ -60,6 +60,7 @@ from scipy import ndimage
 
 from .atomic import write_bytes_atomic, write_text_atomic
 from .errors import RkitError
+from .outputs import check_replaceable, output_marker, write_output_marker
 from .trainingdb import TrainingDatabase
 
 #: Bumped whenever the images or ground truth a given set of parameters produces change.
@@ -630,6 +631,28 @@ def _is_stale_version(out_dir: Path, params: SynthParams) -> bool:
     return data.get("version") != SYNTH_VERSION and data.get("parameters") == params.to_json()
 
 
+#: the command recorded in the output marker of a synthetic set (retrievalkit.outputs)
+OUTPUT_COMMAND = "data synth"
+
+
+def _check_target(out_dir: Path, params: SynthParams, overwrite: bool) -> bool:
+    """Whether an existing ``out_dir`` is to be replaced; raise if it must not be touched.
+
+    Only a previous synthetic set (it carries the ``data synth`` output marker) is replaced,
+    and only with ``overwrite`` or when it is the same set from an older format version;
+    never the current folder or one of its parents (retrievalkit.outputs.check_replaceable).
+    """
+    stale = _is_stale_version(out_dir, params)
+    if stale and output_marker(out_dir) is None:  # a set written before markers existed
+        write_output_marker(out_dir, OUTPUT_COMMAND)
+    if out_dir.exists() and not overwrite and not stale:
+        if not out_dir.is_dir() or any(out_dir.iterdir()):
+            what = "a synthetic set with other parameters" if (out_dir / GROUND_TRUTH_FILE).exists() else "other files"
+            raise RkitError(f"{out_dir} already exists and holds {what}. Choose another output "
+                            "folder, delete it, or pass overwrite=True (--overwrite).")
+    return check_replaceable(out_dir, OUTPUT_COMMAND, overwrite=overwrite or stale)
+
+
 def generate_synthetic(
     out_dir: str | os.PathLike[str],
     *,
@@ -651,32 +674,40 @@ def generate_synthetic(
     If ``out_dir`` already holds a complete set made with the same parameters and format
     version, nothing is done. Otherwise the set is rendered into a hidden sibling folder
     (``.<name>.partial-<digest>``; each image written atomically, so an interrupted run resumes
-    where it stopped) which is renamed to ``out_dir`` when complete. An existing ``out_dir``
-    with other content is an error unless ``overwrite`` (then it is replaced); a set made with
-    the same parameters by an older format version is regenerated.
+    where it stopped) which is renamed to ``out_dir`` when complete (an existing empty
+    ``out_dir`` is filled in place). An existing ``out_dir`` with other content is an error
+    unless ``overwrite`` and it is an earlier set (it carries the ``data synth`` output marker,
+    :mod:`retrievalkit.outputs`); the current folder and its parents are never replaced. A set
+    made with the same parameters by an older format version is regenerated.
     """
     params = resolve_params(preset, num_scenes=num_scenes, views_per_scene=views_per_scene,
                             image_size=image_size, seed=seed, **options)
-    out_dir = Path(out_dir)
+    given, out_dir = Path(out_dir), Path(out_dir).resolve()  # `--out .` has no name to stage beside
     if is_complete_set(out_dir, params):
-        return out_dir
-    if out_dir.exists() and not overwrite and not _is_stale_version(out_dir, params):
-        if not out_dir.is_dir() or any(out_dir.iterdir()):
-            what = "a synthetic set with other parameters" if (out_dir / GROUND_TRUTH_FILE).exists() else "other files"
-            raise RkitError(f"{out_dir} already exists and holds {what}. Choose another output "
-                            "folder, delete it, or pass overwrite=True (--overwrite).")
+        return given
+    replace = _check_target(out_dir, params, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial-{_params_digest(params)}"
     (staging / "images").mkdir(parents=True, exist_ok=True)
 
-    total = params.num_scenes * params.views_per_scene
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    scenes = _render_views(staging, params, progress)
+    write_text_atomic(staging / "README.md", _README.format(
+        version=SYNTH_VERSION, params=json.dumps(params.to_json()), num_scenes=params.num_scenes,
+        views=params.views_per_scene, w=params.image_size[0], h=params.image_size[1]))
+    # the ground truth is written last: its presence marks a complete set
+    write_text_atomic(staging / GROUND_TRUTH_FILE, json.dumps(_ground_truth_json(params, scenes), indent=1))
+    write_output_marker(staging, OUTPUT_COMMAND)
+    _publish(staging, out_dir, replace)
+    return given
 
-        bar = tqdm(total=total, desc="rendering synthetic views", unit="img")
+
+def _render_views(staging: Path, params: SynthParams, progress: bool) -> list[Scene]:
+    """Render every view not yet in ``staging/images`` (each written atomically); the scenes."""
+    from tqdm import tqdm
+
     scenes = []
-    try:
+    with tqdm(total=params.num_scenes * params.views_per_scene, desc="rendering synthetic views",
+              unit="img", disable=not progress) as bar:
         for s in range(params.num_scenes):
             scene = build_scene(params, s)
             scenes.append(scene)
@@ -685,33 +716,36 @@ def generate_synthetic(
             for v in range(params.views_per_scene):
                 target = folder / view_name(v)
                 if not target.exists():  # written atomically: an existing file is complete
-                    write_bytes_atomic(target, encode_jpeg(render_view(scene, v, params),
-                                                           params.jpeg_quality))
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    write_text_atomic(staging / "README.md", _README.format(
-        version=SYNTH_VERSION, params=json.dumps(params.to_json()), num_scenes=params.num_scenes,
-        views=params.views_per_scene, w=params.image_size[0], h=params.image_size[1]))
-    # the ground truth is written last: its presence marks a complete set
-    write_text_atomic(staging / GROUND_TRUTH_FILE, json.dumps(_ground_truth_json(params, scenes), indent=1))
-    if out_dir.exists():
-        if out_dir.is_dir():
-            shutil.rmtree(out_dir)
-        else:
-            out_dir.unlink()
-    os.replace(staging, out_dir)
-    return out_dir
+                    write_bytes_atomic(target, encode_jpeg(render_view(scene, v, params), params.jpeg_quality))
+                bar.update(1)
+    return scenes
+
+
+def _publish(staging: Path, out_dir: Path, replace: bool) -> None:
+    """Move the finished set from ``staging`` to ``out_dir`` (replacing it if ``replace``).
+
+    An existing empty ``out_dir`` (perhaps the current folder) is filled in place rather than
+    removed, ground truth last, so its presence still marks a complete set.
+    """
+    if replace:
+        shutil.rmtree(out_dir)
+    if not out_dir.is_dir():
+        os.replace(staging, out_dir)
+        return
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == GROUND_TRUTH_FILE):
+        os.replace(entry, out_dir / entry.name)
+    staging.rmdir()
 
 
 def default_synthetic_dir(preset: str = "default", seed: int = 0) -> Path:
     """Where the default synthetic set lives when a command needs data and the user gave none.
 
-    ``$RKIT_DATA_DIR/synthetic-<preset>-seed<seed>`` (default ``~/.cache/retrievalkit``).
+    ``$RKIT_DATA_DIR/synthetic-<preset>-seed<seed>`` (default: the cache folder,
+    :func:`retrievalkit.cache.cache_dir`).
     """
-    base = Path(os.environ.get("RKIT_DATA_DIR") or Path.home() / ".cache" / "retrievalkit")
+    from .cache import cache_dir
+
+    base = Path(os.environ.get("RKIT_DATA_DIR") or cache_dir())
     return base / f"synthetic-{preset}-seed{seed}"
 
 

@@ -1,8 +1,8 @@
 """Fine-tuning a retrieval model on tuples mined from an SfM training database.
 
-Radenović, Tolias, Chum, ECCV 2016 (sec. 3 and 4; SPEC sections 3 and 4): a siamese network
-(one set of weights for every branch) is trained on tuples ``(q, p, n_1 .. n_N)`` with a loss
-such as the contrastive loss (eq. 2). Every epoch the trainer
+Radenović, Tolias, Chum, ECCV 2016 (sec. 3 and 4; docs/definitions.md §3 and §4): a siamese
+network (one set of weights for every branch) is trained on tuples ``(q, p, n_1 .. n_N)`` with a
+loss such as the contrastive loss (eq. 2). Every epoch the trainer
 
 1. draws ``queries_per_epoch`` queries among the images that have a co-observing image, and a
    random pool of candidate negatives (``pool_size``; all images by default);
@@ -41,7 +41,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -61,10 +60,11 @@ from .model import ModelConfig, RetrievalModel, build_model
 from .plugins import PluginHost, get_host
 from . import ranks as ranks_module
 from .ranks import Ranks
+from .settings import TrainConfig  # re-exported: defined with the other light settings
 from .trainingdb import TrainingDatabase
 from .trainstate import CheckpointEvery, StopRequests, load_checkpoint, save_checkpoint
-from .trainconfig import (CACHE_ENV_VAR, CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MODEL_DIR,
-                          RESUMABLE_CHANGES, SUMMARY_NAME, TrainConfig, _check_resume, read_saved_config)
+from .trainconfig import (CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, MODEL_DIR, RESUMABLE_CHANGES, SUMMARY_NAME,
+                          _check_resume, read_saved_config)
 from .tupledata import ImageGroupsDataset, PixelCache, as_input, image_loader
 from .tuples import assemble_tuples, safe_sqrt, tuple_squared_distances
 
@@ -132,8 +132,9 @@ def load_training_data(config: TrainConfig, log: Callable[[str], None] = print) 
     from .trainingdb import load_database
 
     if config.data is None:
-        cache = Path(os.environ[CACHE_ENV_VAR]) if os.environ.get(CACHE_ENV_VAR) else Path(config.run_dir)
-        return synthetic_database(cache, config.progress, log)
+        from .cache import cache_dir
+
+        return synthetic_database(cache_dir(), config.progress, log)
     path = Path(config.data)
     if path.suffix == ".pkl":
         from .dbpkl import import_dbpkl

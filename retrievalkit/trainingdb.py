@@ -1,6 +1,6 @@
 """The training database: images grouped into 3D models, with what SfM saw of each image.
 
-SPEC section 4. For each image i of a model (cluster): P(i), the ids of the 3D points it
+docs/definitions.md §4. For each image i of a model (cluster): P(i), the ids of the 3D points it
 observes, their depths in i, its camera centre and focal length. From these the pair quantities
 the miners need are computed here, and only here:
 
@@ -184,7 +184,7 @@ class TrainingDatabase:
                 f"miner that needs no points (m1, random)."
             )
 
-    # -- pair quantities (SPEC section 4) ------------------------------------------------
+    # -- pair quantities (docs/definitions.md §4) ------------------------------------------------
     def shared_point_ids(self, q: int, i: int) -> np.ndarray:
         """The ids of the 3D points both q and i observe (sorted)."""
         self.require_points("shared points")

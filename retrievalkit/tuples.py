@@ -1,4 +1,4 @@
-"""Training tuples: the one format miners produce and losses consume (SPEC section 3).
+"""Training tuples: the one format miners produce and losses consume (docs/definitions.md §3).
 
 A training tuple is ``(q, p, n_1 .. n_N)``: a query, one matching image and N non-matching
 images. Miners give database indices; the trainer embeds the images and hands a loss the

@@ -1,4 +1,4 @@
-"""Whitening and dimension reduction of global descriptors (SPEC section 2).
+"""Whitening and dimension reduction of global descriptors (docs/definitions.md §2).
 
 A whitening is an affine map learned on training descriptors (never on the test data):
 
@@ -19,7 +19,7 @@ This module holds what every whitening method shares:
 The methods themselves are plugins (``plugins/retrievalkit_builtins/whitenings/``). All fits
 run in float64; :meth:`FittedWhitening.apply` also computes in float64 and returns float32.
 
-Choices where SPEC is silent (written down here as it asks):
+Choices where the definitions (docs/definitions.md §2) are silent, written down here:
 
 * covariances are means (divided by N, the number of descriptors or pairs), not N - 1;
 * the ridge is relative: ``C + ridge * trace(C) / D * I``, so it does not depend on the scale of
@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .components import ComponentSpec
+from .descriptors import l2_normalize
 from .errors import RkitError
 from .npzfile import load_npz, save_npz
 
@@ -419,9 +420,7 @@ class FittedWhitening:
             )
         out = np.empty((x2.shape[0], self.out_dim), dtype=np.float32)
         for rows in _chunks(x2.shape[0]):
-            y = (x2[rows].astype(np.float64) - self.mean) @ self.projection.T
-            norms = np.linalg.norm(y, axis=1, keepdims=True)
-            out[rows] = y / np.maximum(norms, np.finfo(np.float64).tiny)
+            out[rows] = l2_normalize((x2[rows].astype(np.float64) - self.mean) @ self.projection.T)
         return out[0] if single else out
 
     def to_linear(self) -> Any:

@@ -240,3 +240,32 @@ def test_shared_fit_truncated_equals_a_direct_fit(spec):
     assert fits.fits_run == 1 and fits.fits_reused == 1
     with pytest.raises(RkitError, match="fewer than dim=500"):
         fits.fitted(spec, 500, {"k": 1}, lambda: WhiteningData.from_labels(x, labels))
+
+
+def test_cells_are_keyed_on_resolved_options():
+    """A spec written with its defaults and without them is one cell (one extraction)."""
+    from retrievalkit.ablate import resolve_spec
+
+    assert resolve_spec("pooling", "gem") == resolve_spec("pooling", "gem:p=3") == resolve_spec("pooling", "gem:p=3.0")
+    assert resolve_spec("pooling", "gem") != resolve_spec("pooling", "gem:p=4")
+    assert resolve_spec("pooling", "nosuchpool:x=1") == "nosuchpool:x=1"  # fails when its cell runs
+    cells = expand_grid(BASE, parse_grid(["pooling=gem,gem:p=3,gem:p=3.0:learn_p=true,spoc,spoc:center_prior=true",
+                                          "scales=1,1.0", "image_size=64,064"]))
+    assert [c.settings["pooling"] for c in cells] == ["gem", "spoc"]
+    assert len({c.extraction_key for c in cells}) == 2
+
+
+def test_results_merge_earlier_cells_of_the_same_folder(data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    run_ablation(BASE, parse_grid(["pooling=mac,spoc:center_prior=true"]), _options(data_dir, out))
+    second = run_ablation(BASE, parse_grid(["pooling=spoc"]), _options(data_dir, out))
+    assert second.stats["cells_reused"] == 1 and second.stats["cells_run"] == 0  # the same resolved cell
+    assert [c.settings["pooling"] for c in second.earlier] == ["mac"]
+    md = (out / "results.md").read_text()
+    assert "| spoc |" in md and "| mac |" in md and "(earlier run)" in md
+    loaded = load_ablation(out)
+    assert [c.settings["pooling"] for c in loaded.all_cells] == ["spoc", "mac"]
+    # a run on other data does not list them
+    other = _collection(tmp_path / "other", classes=2, per_class=3, seed=4)
+    third = run_ablation(BASE, parse_grid(["pooling=mac"]), _options(other, out))
+    assert third.earlier == []

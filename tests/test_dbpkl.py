@@ -108,3 +108,24 @@ def test_cli_import_then_stats(tmp_path, capsys):
     main(["sfm", "--stats", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert "has_points" in out and "False" in out and "positive_pairs             3" in out
+
+
+@pytest.mark.parametrize("cid", ["../../../etc/passwd", "ab/../../cdefgh", "..\\..\\windows", "......"])
+def test_image_ids_cannot_leave_the_images_root(tmp_path, cid):
+    with pytest.raises(RkitError, match="not a plain file name"):
+        cid_to_path(cid)
+    data = {"train": {"cids": CIDS[:4] + [cid], "cluster": [0, 0, 1, 1, 1], "qidxs": [0], "pidxs": [1]}}
+    with pytest.raises(RkitError, match="outside the images folder"):
+        import_dbpkl(write_dbpkl(tmp_path / "db.pkl", data), root=tmp_path)
+
+
+def test_whiten_pkl_is_one_split_and_clusters_come_from_pairs(tmp_path):
+    from retrievalkit.dbpkl import write_whitening_lists
+
+    flat = {"cids": CIDS, "qidxs": [0, 2, 3], "pidxs": [1, 3, 4]}          # no 'cluster', no split level
+    path = write_dbpkl(tmp_path / "x-whiten.pkl", flat)
+    db = import_dbpkl(path, root=tmp_path)
+    assert db.clusters.tolist() == [0, 0, 1, 1, 1] and db.positive_pairs.tolist() == [[0, 1], [2, 3], [3, 4]]
+    images, pairs = write_whitening_lists(path, images_root=tmp_path / "other")
+    assert images.read_text().splitlines()[0] == "other/ims/5f/4e/3d/0a1b2c3d4e5f"
+    assert pairs.read_text().splitlines()[1] == "other/ims/66/55/44/112233445566\tother/ims/ef/cd/ab/abcdefabcdef\t1"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from retrievalkit.download import DownloadError, cache_dir, download, sha256_prefix_from_name
+from retrievalkit.download import DownloadError, Transfer, cache_dir, download, sha256_prefix_from_name
 from retrievalkit.weights import load_backbone_weights
 
 
@@ -33,6 +33,12 @@ def server(tmp_path):
     yield www, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def allow_http_to_loopback(monkeypatch):
+    """The test server speaks plain http: opt in, as a user would with --allow-http."""
+    monkeypatch.setenv("RKIT_ALLOW_HTTP", "1")
 
 
 def _state_dict_bytes() -> tuple[dict[str, torch.Tensor], bytes]:
@@ -103,4 +109,92 @@ def test_unreachable_host_is_a_clear_error(tmp_path) -> None:
     # port 9 on 127.0.0.1 (discard) has no HTTP server: the connection is refused
     with pytest.raises(DownloadError, match="cannot download .* unreachable. Try PATH"):
         download("http://127.0.0.1:9/x-12345678.pth", directory=tmp_path, progress=False, hint="Try PATH.",
-                 timeout=5)
+                 timeout=5, transfer=Transfer(retries=0))
+
+
+# -- resume, retries, incomplete bodies, scheme policy (issue 10) -------------------------------------
+from _http_fixture import Server  # noqa: E402
+
+from retrievalkit.download import fetch  # noqa: E402
+
+QUICK = Transfer(retries=2, backoff=0.0, timeout=5)
+
+
+@pytest.fixture
+def misbehaving(tmp_path):
+    www = tmp_path / "srv"
+    www.mkdir()
+    (www / "big.bin").write_bytes(bytes(range(256)) * 2000)      # 512,000 bytes
+    with Server(www) as server:
+        yield server, (www / "big.bin").read_bytes()
+
+
+def test_dropped_connection_is_resumed_with_range(misbehaving, tmp_path):
+    server, data = misbehaving
+    server.handler.drop_once.add("/big.bin")
+    got = fetch(f"{server.base}/big.bin", tmp_path / "big.bin", transfer=QUICK, progress=False)
+    assert got.path.read_bytes() == data and got.length_checked
+    ranges = [rng for method, path, rng in server.log if method == "GET"]
+    assert ranges[0] is None and ranges[1] == f"bytes={len(data) // 2}-"   # only the rest was asked for
+    assert not (tmp_path / "big.bin.part").exists()
+
+
+def test_interrupted_download_resumes_on_the_next_run(misbehaving, tmp_path):
+    server, data = misbehaving
+    server.handler.drop_once.add("/big.bin")
+    with pytest.raises(DownloadError, match=r"incomplete .* bytes are kept in .*big.bin.part: re-run"):
+        fetch(f"{server.base}/big.bin", tmp_path / "big.bin", transfer=Transfer(retries=0), progress=False)
+    assert (tmp_path / "big.bin.part").stat().st_size == len(data) // 2 and not (tmp_path / "big.bin").exists()
+    fetch(f"{server.base}/big.bin", tmp_path / "big.bin", transfer=QUICK, progress=False)
+    assert (tmp_path / "big.bin").read_bytes() == data
+
+
+def test_short_chunked_body_is_an_incomplete_download(misbehaving, tmp_path):
+    server, _ = misbehaving
+    server.handler.chunked_short.add("/big.bin")
+    with pytest.raises(DownloadError) as info:
+        download(f"{server.base}/big.bin", directory=tmp_path, sha256=None, progress=False, transfer=QUICK)
+    message = str(info.value)
+    assert "incomplete" in message and f"{server.base}/big.bin" in message and "re-run" in message
+    assert not (tmp_path / "big.bin").exists()
+
+
+def test_no_checksum_and_no_length_is_not_cached_as_complete(misbehaving, tmp_path):
+    server, data = misbehaving
+    server.handler.no_length.add("/big.bin")
+    path = download(f"{server.base}/big.bin", directory=tmp_path, sha256=None, progress=False)
+    assert path.read_bytes() == data
+    download(f"{server.base}/big.bin", directory=tmp_path, sha256=None, progress=False)
+    assert sum(1 for m, p, _ in server.log if m == "GET") == 2            # fetched again: never trusted
+    server.handler.no_length.discard("/big.bin")                            # with a Content-Length it is
+    download(f"{server.base}/big.bin", directory=tmp_path, sha256=None, progress=False)
+    download(f"{server.base}/big.bin", directory=tmp_path, sha256=None, progress=False)
+    assert sum(1 for m, p, _ in server.log if m == "GET") == 3
+
+
+def test_https_only_unless_asked(misbehaving, tmp_path, monkeypatch):
+    server, _ = misbehaving
+    monkeypatch.delenv("RKIT_ALLOW_HTTP")
+    with pytest.raises(DownloadError, match="--allow-http"):
+        fetch(f"{server.base}/big.bin", tmp_path / "x", transfer=Transfer(retries=0, timeout=5), progress=False)
+    assert not [m for m, *_ in server.log if m == "GET"]                    # no plain-http request was made
+    fetch(f"{server.base}/big.bin", tmp_path / "x", transfer=Transfer(allow_http=True), progress=False)
+    source = tmp_path / "local.bin"
+    source.write_bytes(b"abc")
+    with pytest.raises(DownloadError, match="file:// URL, which is refused unless asked"):
+        fetch(source.as_uri(), tmp_path / "y", progress=False)
+    assert fetch(source.as_uri(), tmp_path / "y", transfer=Transfer(allow_file=True), progress=False).size == 3
+
+
+def test_redirect_from_https_to_http_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("RKIT_ALLOW_HTTP")
+
+    class Redirected(io.BytesIO):
+        url = "http://mirror.example/x.bin"     # where urllib ended up after following a redirect
+        status = 200
+        headers = {"Content-Length": "3"}
+
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: Redirected(b"abc"))
+    with pytest.raises(DownloadError, match="redirects to http://mirror.example/x.bin, which is not https"):
+        fetch("https://example.org/x.bin", tmp_path / "x.bin", transfer=Transfer(retries=0), progress=False)
+    assert not (tmp_path / "x.bin").exists()

@@ -158,7 +158,7 @@ def test_rankings_document():
 
 
 def test_ranking_statistics_in_blocks_equals_one_block(monkeypatch):
-    import retrievalkit.evaluate as evaluate_module
+    import retrievalkit.metrics as evaluate_module
 
     rng = np.random.default_rng(1)
     is_positive, is_junk = rng.random((50, 30)) < 0.2, rng.random((50, 30)) < 0.1

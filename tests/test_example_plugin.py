@@ -73,11 +73,12 @@ def test_crow_pooling_by_hand(crow_installed) -> None:
 
 def test_rkit_extract_with_the_crow_pooling(crow_installed, tmp_path, capsys) -> None:
     rng = np.random.default_rng(1)
+    (tmp_path / "imgs").mkdir()  # the output may not lie inside the input folder
     for name in ("a.png", "b.png"):
-        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(tmp_path / name)
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(tmp_path / "imgs" / name)
     out = tmp_path / "crow.npz"
     try:
-        main(["extract", str(tmp_path), "--pooling", "crow", "--weights", "none", "--image-size", "64",
+        main(["extract", str(tmp_path / "imgs"), "--pooling", "crow", "--weights", "none", "--image-size", "64",
               "--workers", "0", "--device", "cpu", "--no-progress", "--out", str(out)])
     except SystemExit as exit_:
         pytest.fail(f"rkit extract exited with {exit_.code}: {capsys.readouterr().err}")

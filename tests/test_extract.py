@@ -324,8 +324,9 @@ def test_rkit_extract_with_saved_model_and_whitening_file(tmp_path, capsys) -> N
     (["--backbone", "alexnet", "--weights", "nothere.pth"], "nothere.pth does not exist"),
 ])
 def test_rkit_extract_user_errors_exit_2_with_a_message(tmp_path, capsys, args, message) -> None:
-    solid(tmp_path / "a.png", (255, 0, 0))
-    code = run_cli(["extract", str(tmp_path), "--out", str(tmp_path / "o.npz"), "--no-progress", *args])
+    (tmp_path / "imgs").mkdir()  # the output may not lie inside the input folder
+    solid(tmp_path / "imgs" / "a.png", (255, 0, 0))
+    code = run_cli(["extract", str(tmp_path / "imgs"), "--out", str(tmp_path / "o.npz"), "--no-progress", *args])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "o.npz").exists()

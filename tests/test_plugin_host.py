@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from retrievalkit.cli import cli
 from retrievalkit.errors import PluginError, UnknownComponentError
-from retrievalkit.plugins import PluginHost
+from retrievalkit.plugins import PluginHost, PluginWarning
 
 EXTRA_POOLING = """
     import torch
@@ -71,7 +71,8 @@ def test_duplicate_name_names_both_plugins(install_fake_plugin):
 def test_block_list_from_environment(install_fake_plugin, monkeypatch):
     install_fake_plugin("rkit-clash", "my-mac", "rkit_clash_mod", EXTRA_POOLING.format(name="mac"))
     monkeypatch.setenv("RKIT_BLOCK_PLUGINS", "my-mac, unrelated")
-    host = PluginHost()
+    with pytest.warns(PluginWarning, match="'unrelated', which no installed plugin is called"):
+        host = PluginHost()
     assert host.get("pooling", "mac").plugin == "poolings.mac"
     monkeypatch.setenv("RKIT_BLOCK_PLUGINS", "poolings.mac")
     assert "mac" in PluginHost().names("pooling")  # now only the third-party one offers it

@@ -352,3 +352,68 @@ def test_retrieval_descriptors_of_the_off_the_shelf_model(church):
     # a church photo's nearest neighbour is another church photo, not a noise image
     pairs = neighbour_pairs(descriptors, names, 1)
     assert all(a.startswith("church/") and b.startswith("church/") for a, b in pairs if "church/" in a)
+
+
+# -- the stage runner and the progress bars ---------------------------------------------------------
+def test_stage_runner_reuses_reruns_and_clears_later_markers(tmp_path):
+    from retrievalkit.stages import Stage, read_marker, run_stages
+
+    calls: list[str] = []
+    settings = {"a": 1, "b": 1}
+
+    def stage(name, reusable=lambda ctx: True):
+        return Stage(name, lambda ctx: calls.append(name) or {"did": name},
+                     lambda ctx: {"setting": settings.get(name)}, reusable)
+
+    stages = [stage("a"), stage("b"), stage("c")]
+    first = run_stages(stages, None, tmp_path, lambda m: None)
+    assert calls == ["a", "b", "c"] and first.reused == [] and read_marker(tmp_path, "b")["did"] == "b"
+    calls.clear()
+    assert run_stages(stages, None, tmp_path, lambda m: None).reused == ["a", "b", "c"] and calls == []
+    settings["b"] = 2  # b's inputs changed: b and c run again, a is reused
+    messages: list[str] = []
+    again = run_stages(stages, None, tmp_path, messages.append)
+    assert calls == ["b", "c"] and again.reused == ["a"] and again.changed == ["b"]
+    assert any("[b] options changed" in m for m in messages)
+    assert read_marker(tmp_path, "b")["options"] == {"setting": 2}
+    calls.clear()
+    # an output that cannot be reused (reuse returns False) runs the stage and the later ones
+    broken = [stage("a"), stage("b", lambda ctx: False), stage("c")]
+    assert run_stages(broken, None, tmp_path, lambda m: None).reused == ["a"] and calls == ["b", "c"]
+    calls.clear()
+
+    # an interrupted re-run of b leaves neither b's nor c's marker behind
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    settings["b"] = 3
+    with pytest.raises(KeyboardInterrupt):
+        run_stages([stage("a"), Stage("b", interrupted, lambda ctx: {"setting": 3}), stage("c")],
+                   None, tmp_path, lambda m: None)
+    assert read_marker(tmp_path, "a") is not None
+    assert read_marker(tmp_path, "b") is None and read_marker(tmp_path, "c") is None
+    # stop_after ends the run after that stage
+    assert run_stages(stages, None, tmp_path, lambda m: None, stop_after="b").reused == ["a"]
+    assert calls == ["b"] and read_marker(tmp_path, "c") is None
+
+
+def test_mapping_bar_is_capped_per_group_and_matching_chunks_are_small():
+    from retrievalkit.sfm import _capped, match_chunk_size
+
+    class Bar:
+        n = 0
+
+        def update(self, count):
+            self.n += count
+
+    bar = Bar()  # the mapping bar of two groups of 6 and 4 images
+    step = _capped(bar, 6)
+    for count in (2, 1, 1, 2, 1, 2):  # more registrations reported than images: capped at 6
+        step(count)
+    assert bar.n == 6
+    step(6)
+    second = _capped(bar, 4)
+    second(1)
+    second(4)  # the group is done: the bar reaches its total, not more
+    assert bar.n == 10
+    assert [match_chunk_size(n) for n in (10, 345, 1639, 7626, 100000)] == [32, 32, 41, 191, 200]

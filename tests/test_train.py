@@ -222,7 +222,10 @@ def test_cli_trains_and_resumes(tmp_path, database, host, monkeypatch):
     import retrievalkit.train as train_module
 
     database.save(tmp_path / "db")
+    import retrievalkit.plugins as plugins_module
+
     monkeypatch.setattr(train_module, "get_host", lambda: host)
+    monkeypatch.setattr(plugins_module, "get_host", lambda: host)  # the CLI checks names first
     runner = CliRunner()
     args = ["train", "--data", str(tmp_path / "db"), "--run-dir", str(tmp_path / "run"), "--backbone", "tiny-cnn",
             "--weights", "none", "--miner", "m2", "--negatives", "n2", "--num-negatives", "2", "--epochs", "1",

@@ -13,13 +13,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from typing import Any
 
 import click
 
 from ..config import add_config_option, config_option
-from ..errors import Interrupted, RkitError
-from ..interrupt import install_sigterm_handler
+from ..errors import Interrupted, RkitError, RkitWarning
+from ..interrupt import install_sigterm_handler, remember_command_line
 
 #: printed for an interruption of a command that did not say what it kept
 INTERRUPTED_MESSAGE = ("Interrupted. Outputs already finished are kept (every file is written "
@@ -40,6 +41,21 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+_show_python_warning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """rkit's own warnings read as ``Warning: ...`` (no file and line of the code that warned)."""
+    if issubclass(category, RkitWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        _show_python_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _show_warning
+
+
 class LazyGroup(click.Group):
     """A click group whose sub-commands are imported on first use."""
 
@@ -55,8 +71,14 @@ class LazyGroup(click.Group):
         if name not in COMMANDS or not self._available(name):
             return None
         module_name, attr, _ = COMMANDS[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # a missing or broken dependency of this one command
+            raise RkitError(f"`rkit {name}` cannot start: {type(exc).__name__}: {exc}. Install the package "
+                            f"that provides it, or reinstall retrievalkit; the other commands are not "
+                            f"affected") from exc
         # Every command takes --config FILE (TOML defaults, overridden by flags): retrievalkit.config
-        return add_config_option(getattr(importlib.import_module(module_name), attr))
+        return add_config_option(getattr(module, attr))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
@@ -88,6 +110,7 @@ def main(argv: list[str] | None = None) -> Any:
     interruption a generic line; both exit with status 130.
     """
     install_sigterm_handler()
+    remember_command_line(sys.argv[1:] if argv is None else argv)
     try:
         return cli.main(args=argv, prog_name="rkit", standalone_mode=False)
     except Interrupted as exc:
@@ -102,3 +125,14 @@ def main(argv: list[str] | None = None) -> Any:
     except RkitError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # the system refused a read or write: not a bug of the toolkit
+        click.echo(f"Error: {os_error_message(exc)}", err=True)
+        sys.exit(2)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: the file(s), what the system said, what to check."""
+    files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    what = exc.strerror or str(exc)
+    return (f"{files}: {what}" if files else what) + (
+        ". Check the path, its permissions and the free disk space, then run the command again.")

@@ -11,6 +11,10 @@ import click
 
 from ..ablate import DEFAULT_SETTINGS, AblationOptions, format_table, parse_grid, run_ablation
 from ..config import write_resolved_config
+from ..errors import Interrupted
+from ..interrupt import rerun_command
+from ..outputs import check_output_path
+from .options import component_callback
 
 
 @click.command("ablate")
@@ -26,16 +30,16 @@ from ..config import write_resolved_config
               help="A grid axis (repeatable): backbone, weights, pooling, image_size, scales "
                    "(1+0.707+0.5), whiten, dim, or COMPONENT.OPTION (pooling.p=2,3). In a config "
                    "file: a table [ablate.grid] with lists.")
-@click.option("--backbone", default=DEFAULT_SETTINGS["backbone"], show_default=True,
+@click.option("--backbone", default=DEFAULT_SETTINGS["backbone"], show_default=True, callback=component_callback("backbone"),
               help="Backbone of cells the grid does not vary (NAME[:OPTION=VALUE]).")
 @click.option("--weights", default=DEFAULT_SETTINGS["weights"], show_default=True,
               help="Backbone weights: imagenet, none or a state-dict file.")
-@click.option("--pooling", default=DEFAULT_SETTINGS["pooling"], show_default=True)
+@click.option("--pooling", default=DEFAULT_SETTINGS["pooling"], show_default=True, callback=component_callback("pooling"))
 @click.option("--image-size", type=click.IntRange(min=1), default=int(DEFAULT_SETTINGS["image_size"]), show_default=True,
               help="Longest image side in pixels at scale 1.")
 @click.option("--scales", default=DEFAULT_SETTINGS["scales"], show_default=True,
               help="Scales joined by '+' or ',' (1+0.707+0.5).")
-@click.option("--whiten", default=DEFAULT_SETTINGS["whiten"], show_default=True,
+@click.option("--whiten", default=DEFAULT_SETTINGS["whiten"], show_default=True, callback=component_callback("whitening"),
               help="Whitening: none, pca, learned (with options, e.g. learned:rotation=all).")
 @click.option("--dim", default=DEFAULT_SETTINGS["dim"], show_default=True,
               help="Output dimension after whitening, or 'full'.")
@@ -64,12 +68,18 @@ def command(data: Path, whiten_data: Path | None, out_dir: Path, grid: tuple[str
     base = {"backbone": backbone, "weights": weights, "pooling": pooling, "image_size": str(image_size),
             "scales": scales.replace(",", "+"), "whiten": whiten, "dim": str(dim)}
     parsed = parse_grid(grid)
+    check_output_path(out_dir, [data, whiten_data], folder=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_resolved_config(out_dir)
     options = AblationOptions(data=data, out_dir=out_dir, whiten_data=whiten_data, device=device,
                               batch_size=batch_size, num_workers=num_workers, progress=progress,
                               share_whitening_fits=not refit_per_dim)
-    result = run_ablation(base, parsed, options)
+    try:
+        result = run_ablation(base, parsed, options)
+    except KeyboardInterrupt:
+        done = len(list((out_dir / "cells").glob("*.json")))
+        raise Interrupted(kept=f"{done} finished cell result(s) in {out_dir / 'cells'} (and the extractions "
+                               f"so far in {out_dir / 'descriptors'})", resume=rerun_command()) from None
     fixed = {k: v for k, v in result.base.items() if k not in result.axes}
     click.echo("fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
     click.echo(format_table(result))
@@ -83,6 +93,9 @@ def command(data: Path, whiten_data: Path | None, out_dir: Path, grid: tuple[str
         f"{s['whitening_fits_run']} run ({s['whitening_fit_s']:.1f} s), {s['whitening_fits_reused']} reused. "
         f"Wall time {s['wall_s']:.1f} s."
     )
+    if result.earlier:
+        click.echo(f"{len(result.earlier)} cell(s) of earlier runs into {out_dir} (same data) are listed too, "
+                   f"marked '(earlier run)'.")
     click.echo(f"Results: {out_dir / 'results.md'}, results.csv, results.json")
     if result.failed:
         click.echo(f"{len(result.failed)} cell(s) failed (see the table); re-running retries them.", err=True)

@@ -1,28 +1,32 @@
 """``rkit eval``: mAP and mP@k of a folder collection or a revisited Oxford/Paris dataset.
 
-A thin layer over :mod:`retrievalkit.evaluate` and :mod:`retrievalkit.datasets`; the protocols
-are described in ``docs/evaluation.md``.
+Parses the options and calls the library: descriptors come from a file
+(:meth:`DescriptorSet.load`) or are extracted here, then
+:func:`retrievalkit.evaluate.evaluate_descriptors` / :func:`~retrievalkit.evaluate.evaluate_dataset`
+do the work. The protocols are described in ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import click
-import numpy as np
 
-from ..atomic import write_text_atomic
 from ..config import write_resolved_config
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
-from ..evaluate import (DEFAULT_KS, EvaluationResult, evaluate_folder_collection, evaluate_revisited,
-                        folder_labels, rankings_document)
-from ..extract import partial_path
-from .options import ModelOptions, extract_with_options, model_options
+from ..evaluate import DEFAULT_KS, Evaluation, evaluate_dataset, evaluate_descriptors
+from ..outputs import check_output_path
+from .options import ModelOptions, echo_warnings, extract_with_options, model_options
+
+
+def partial_path(path: Path) -> Path:
+    """:func:`retrievalkit.extract.partial_path`, imported on use (that module imports torch)."""
+    from ..extract import partial_path as extract_partial_path
+
+    return extract_partial_path(path)
 
 
 def parse_ks(text: str) -> list[int]:
@@ -36,10 +40,6 @@ def parse_ks(text: str) -> list[int]:
     return ks
 
 
-def _fmt(value: float) -> str:
-    return "  -   " if not np.isfinite(value) else f"{value:.4f}"
-
-
 def _is_descriptors_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".npz"
 
@@ -49,23 +49,33 @@ def _queries_path(save: Path) -> Path:
 
 
 def _warn_unused_model_options(options: ModelOptions, why: str) -> None:
-    unused = sorted(options.command_line - {"whiten"})
+    unused = sorted(options.command_line - {"whitening"})
     if unused:
         click.echo(f"Warning: {', '.join('--' + n.replace('_', '-') for n in unused)} ignored: {why}", err=True)
 
 
-def _whitened(dset: DescriptorSet, options: ModelOptions, what: str) -> DescriptorSet:
-    """``--whiten FILE`` given with a descriptors file: whiten its descriptors here."""
-    if options.whiten_file is None:
+def _load(path: Path, options: ModelOptions) -> DescriptorSet:
+    """A descriptors file, whitened here with ``--whitening FILE`` if one is given."""
+    dset = DescriptorSet.load(path)
+    if options.whitening_file is None:
         return dset
     from ..whitening import FittedWhitening
 
-    whitening = FittedWhitening.load(options.whiten_file)
-    if dset.meta.get("whitening"):
-        click.echo(f"Warning: {what} descriptors are already whitened "
-                   f"({dset.meta['whitening'].get('method')}); --whiten composes a second whitening", err=True)
-    meta = {**dset.meta, "whitening": whitening.describe(options.whiten_file)}
-    return DescriptorSet(whitening.apply(dset.descriptors), dset.paths, meta)
+    with echo_warnings():
+        return dset.whitened(FittedWhitening.load(options.whitening_file), options.whitening_file)
+
+
+def _extract(options: ModelOptions, paths: list[str], root: Path, save: Path | None, progress: bool,
+             what: str, crops: list | None = None, **meta: object) -> DescriptorSet:
+    """Describe ``paths`` with the model options; keep them in ``save`` (resumable) if given."""
+    checkpoint = partial_path(save) if save is not None else None
+    result, made = extract_with_options(options, paths, root=root, crops=crops, checkpoint=checkpoint,
+                                        progress=progress, what=what)
+    dset = DescriptorSet(result.descriptors, result.paths, {**made, **meta})
+    if save is not None:
+        dset.save(save)
+        click.echo(f"wrote the descriptors of the {what} to {save}", err=True)
+    return dset
 
 
 @click.command("eval")
@@ -74,7 +84,9 @@ def _whitened(dset: DescriptorSet, options: ModelOptions, what: str) -> Descript
               help="A revisited-layout benchmark: roxford5k, rparis6k (or classic oxford5k, paris6k), read "
                    "from DATA_ROOT/NAME/gnd_NAME.pkl and DATA_ROOT/NAME/jpg/.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
-              show_default=True, help="Folder holding the --dataset folders.")
+              envvar="RKIT_DATA", show_default=True,
+              help="Folder holding the --dataset folders (default: $RKIT_DATA, else ./data); "
+                   "`rkit data download` fills it.")
 @click.option("--query-descriptors", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="With --dataset and a SOURCE descriptors file: descriptors of the cropped queries "
                    "(as written by --save-descriptors), instead of extracting them.")
@@ -88,22 +100,32 @@ def _whitened(dset: DescriptorSet, options: ModelOptions, what: str) -> Descript
 @click.option("--save-descriptors", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Keep the extracted descriptors in this .npz (with --dataset the queries go to "
                    "NAME.queries.npz beside it); extraction resumes from a partial file after an interruption.")
+@click.option("--distractors", default=None, metavar="NAME",
+              help="With --dataset: add a distractor set to the database, e.g. revisitop1m (R1M protocol; "
+                   "described once per model and cached under DATA_ROOT/NAME/descriptors).")
+@click.option("--distractor-index", default="flat", show_default=True, metavar="KIND[:nlist=N:pq_m=M:nprobe=P]",
+              help="faiss index for --distractors, as in rkit search: flat, ivf, ivfpq (e.g. ivfpq:nlist=8192:pq_m=64).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def command(source: Path | None, dataset: str | None, data_root: Path, query_descriptors: Path | None,
             model_options: ModelOptions, ks_text: str, as_json: bool, save_rankings: Path | None,
-            save_descriptors: Path | None, progress: bool) -> None:
-    """Evaluate retrieval: mAP and mP@k (revisited-protocol AP, SPEC section 5).
+            save_descriptors: Path | None, distractors: str | None, distractor_index: str, progress: bool) -> None:
+    """Evaluate retrieval: mAP and mP@k (revisited-protocol AP, docs/definitions.md).
 
     \b
     Folder collection (one folder per class; every image queries all the others):
       rkit eval photos.npz                          a descriptors file from `rkit extract`
-      rkit eval photos.npz --whiten lw.npz          ... whitened here with a `rkit whiten fit` file
+      rkit eval photos.npz --whitening lw.npz       ... whitened here with a `rkit whiten fit` file
       rkit eval photos/ --pooling gem --image-size 448
     Revisited Oxford / Paris (Easy / Medium / Hard, query crops):
       rkit eval --dataset roxford5k --data-root data --model runs/ft --save-descriptors rox.npz
       rkit eval rox.npz --dataset roxford5k --data-root data --query-descriptors rox.queries.npz
     """
     ks = parse_ks(ks_text)
+    inputs = [source, query_descriptors, data_root / dataset if dataset else None,
+              model_options.model_dir, model_options.whitening_file]
+    for option, path in (("--save-rankings", save_rankings), ("--save-descriptors", save_descriptors)):
+        if path is not None:
+            check_output_path(path, inputs, option=option)
     started = time.perf_counter()
     if dataset is None:
         if source is None:
@@ -111,152 +133,74 @@ def command(source: Path | None, dataset: str | None, data_root: Path, query_des
                             "or --dataset NAME --data-root DIR")
         if query_descriptors is not None:
             raise RkitError("--query-descriptors needs --dataset (a folder collection uses every image as a query)")
-        report = _folder(source, model_options, ks, save_descriptors, save_rankings, progress, as_json)
+        if distractors is not None:
+            raise RkitError("--distractors needs --dataset (e.g. --dataset roxford5k --distractors revisitop1m)")
+        evaluation = evaluate_descriptors(_folder(source, model_options, save_descriptors, progress),
+                                          ks=ks, source=str(source))
     else:
-        report = _revisited(source, dataset, data_root, query_descriptors, model_options, ks,
-                            save_descriptors, save_rankings, progress, as_json)
-    report["seconds"] = round(time.perf_counter() - started, 3)
-    click.echo(f"ranked and scored in {report['evaluation_seconds']:.2f} s (total {report['seconds']:.1f} s)", err=True)
+        described = _revisited(source, dataset, data_root, query_descriptors, model_options, save_descriptors,
+                               progress)
+        extra = None
+        if distractors is not None:   # R1M protocol: retrievalkit/distractors.py
+            from .distractors import describe_distractors
+
+            extra = describe_distractors(distractors, data_root, model_options, described[1].meta, progress)
+        evaluation = evaluate_dataset(*described, ks=ks, distractors=extra, distractor_index=distractor_index)
+    for note in evaluation.notes:
+        click.echo(f"Warning: {note}", err=True)
+    _output(evaluation, time.perf_counter() - started, as_json, save_rankings)
+
+
+def _output(evaluation: Evaluation, seconds: float, as_json: bool, save_rankings: Path | None) -> None:
+    if save_rankings is not None:
+        evaluation.save_rankings(save_rankings)
+        write_resolved_config(save_rankings)
+    if not as_json:
+        click.echo(evaluation.table(), nl=False)
+    click.echo(f"ranked and scored in {evaluation.seconds:.2f} s (total {seconds:.1f} s)", err=True)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps({**evaluation.report(), "seconds": round(seconds, 3)}, indent=2))
     if save_rankings is not None:
         click.echo(f"wrote rankings to {save_rankings}", err=True)
 
 
-# -- folder collections ---------------------------------------------------------------------------
-def _folder(source: Path, options: ModelOptions, ks: list[int], save_descriptors: Path | None,
-            save_rankings: Path | None, progress: bool, as_json: bool) -> dict[str, Any]:
+def _folder(source: Path, options: ModelOptions, save_descriptors: Path | None, progress: bool) -> DescriptorSet:
+    """The collection's descriptors: SOURCE itself, or SOURCE's images described here."""
     if _is_descriptors_file(source):
         _warn_unused_model_options(options, f"{source} already holds descriptors")
-        dset = _whitened(DescriptorSet.load(source), options, "these")
-    else:
-        from ..extract import list_images
+        return _load(source, options)
+    from ..extract import list_images
 
-        root, paths = list_images(source)
-        checkpoint = partial_path(save_descriptors) if save_descriptors is not None else None
-        result, meta = extract_with_options(options, paths, root=root, checkpoint=checkpoint, progress=progress)
-        dset = DescriptorSet(result.descriptors, result.paths, {**meta, "source": str(source)})
-        if save_descriptors is not None:
-            dset.save(save_descriptors)
-            click.echo(f"wrote descriptors to {save_descriptors}", err=True)
-
-    labels = folder_labels(dset.paths)
-    started = time.perf_counter()
-    result = evaluate_folder_collection(dset.descriptors, labels, ks=ks, names=dset.paths)
-    seconds = time.perf_counter() - started
-    counts = Counter(labels)
-    classes = sorted(counts)
-    sizes = {c: counts[c] for c in classes}
-    report = {
-        "protocol": "folder", "source": str(source), "images": len(dset), "classes": len(classes),
-        "dim": dset.dim, **result.summary(),
-        "class_sizes": sizes, "evaluation_seconds": round(seconds, 3),
-    }
-    if save_rankings is not None:
-        document = rankings_document({"all": result}, dset.paths, dset.paths, root=dset.meta.get("root"),
-                                     protocol="folder", meta={"source": str(source), "descriptors_meta": dset.meta})
-        write_text_atomic(save_rankings, json.dumps(document) + "\n")
-        write_resolved_config(save_rankings)
-    if not as_json:
-        _print_folder(report, result)
-    return report
+    root, paths = list_images(source)
+    return _extract(options, paths, root, save_descriptors, progress, "images", source=str(source))
 
 
-def _print_folder(report: dict[str, Any], result: EvaluationResult) -> None:
-    click.echo(f"folder collection {report['source']}: {report['images']} images, {report['classes']} classes, "
-               f"{report['dim']}-D; {result.n_queries} queries"
-               + (f" ({result.n_left_out} alone in their class, left out)" if result.n_left_out else ""))
-    cells = [f"mAP {_fmt(result.map)}"] + [f"mP@{k} {_fmt(v)}" for k, v in result.mp_at_k.items()]
-    click.echo("  ".join(cells))
-    click.echo("per class (mean AP, images):")
-    width = max(len(c) for c in result.per_class_ap) if result.per_class_ap else 5
-    for name, ap in sorted(result.per_class_ap.items(), key=lambda item: (np.nan_to_num(item[1], nan=2.0), item[0])):
-        click.echo(f"  {name or '(no folder)':<{width}}  {_fmt(ap)}  {report['class_sizes'][name]:>5}")
-
-
-# -- revisited Oxford / Paris -----------------------------------------------------------------------
 def _revisited(source: Path | None, name: str, data_root: Path, query_descriptors: Path | None,
-               options: ModelOptions, ks: list[int], save_descriptors: Path | None,
-               save_rankings: Path | None, progress: bool, as_json: bool) -> dict[str, Any]:
+               options: ModelOptions, save_descriptors: Path | None, progress: bool):
+    """``(dataset, database, queries)``: descriptors read from the files given, the rest extracted."""
     from ..datasets import load_revisited
 
-    have_database = source is not None
-    if have_database and not _is_descriptors_file(source):
+    if source is not None and not _is_descriptors_file(source):
         raise RkitError(f"with --dataset, SOURCE must be a descriptors file (.npz) of the dataset's images, "
                         f"not {source}: leave SOURCE out to extract the images from {data_root / name / 'jpg'}")
-    if query_descriptors is not None and not have_database:
+    if query_descriptors is not None and source is None:
         raise RkitError("--query-descriptors needs the database descriptors too: give them as SOURCE")
-    needs_images = not (have_database and query_descriptors is not None)
-    dataset = load_revisited(data_root, name, require_images=needs_images)
-    if not needs_images:
-        _warn_unused_model_options(options, "the database and query descriptors are given")
-
-    # database
-    if have_database:
-        database = _whitened(DescriptorSet.load(source), options, "the database")
-    else:
-        checkpoint = partial_path(save_descriptors) if save_descriptors is not None else None
-        result, meta = extract_with_options(options, dataset.image_paths(), root=dataset.image_dir,
-                                            checkpoint=checkpoint, progress=progress, what="database images")
-        database = DescriptorSet(result.descriptors, result.paths, {**meta, "dataset": name})
-        if save_descriptors is not None:
-            database.save(save_descriptors)
-            click.echo(f"wrote database descriptors to {save_descriptors}", err=True)
-    database_ids, database_rows = dataset.match(database.paths)
-    if not len(database_ids):
-        raise RkitError(f"none of the {len(database)} descriptors in {source} is an image of {name}: "
-                        f"extract the images of {dataset.image_dir}")
-
-    # queries (cropped to their boxes)
+    dataset = load_revisited(data_root, name, require_images=query_descriptors is None)
     if query_descriptors is not None:
-        queries = _whitened(DescriptorSet.load(query_descriptors), options, "the query")
+        _warn_unused_model_options(options, "the database and query descriptors are given")
+    if source is not None:
+        database = _load(source, options)
     else:
-        if have_database and database.meta.get("model"):
+        database = _extract(options, dataset.image_paths(), dataset.image_dir, save_descriptors, progress,
+                            "database images", dataset=name)
+    if query_descriptors is not None:
+        queries = _load(query_descriptors, options)
+    else:
+        if source is not None and database.meta.get("model"):
             # describe the queries like the database file was (typed options still win), as
             # `rkit search` does: otherwise they would get this command's defaults
             options = ModelOptions.from_descriptor_meta(database.meta, base=options)
-        checkpoint = partial_path(_queries_path(save_descriptors)) if save_descriptors is not None else None
-        result, meta = extract_with_options(options, dataset.query_paths(), root=dataset.image_dir,
-                                            crops=dataset.query_crops(), checkpoint=checkpoint,
-                                            progress=progress, what="query crops")
-        queries = DescriptorSet(result.descriptors, result.paths, {**meta, "dataset": name, "query_crops": True})
-        if save_descriptors is not None:
-            queries.save(_queries_path(save_descriptors))
-            click.echo(f"wrote query descriptors to {_queries_path(save_descriptors)}", err=True)
-    query_ids, query_rows = dataset.match(queries.paths, queries=True)
-    if not len(query_ids):
-        raise RkitError(f"none of the {len(queries)} query descriptors is a query of {name}: "
-                        f"extract the cropped queries (leave out --query-descriptors to do it here)")
-
-    missing_db = len(dataset.images) - len(database_ids)
-    missing_q = len(dataset.queries) - len(query_ids)
-    if missing_db or missing_q:
-        click.echo(f"Warning: {missing_db} of {len(dataset.images)} database images and {missing_q} of "
-                   f"{len(dataset.queries)} queries have no descriptor: missing images count as never "
-                   f"retrieved, missing queries are left out", err=True)
-
-    started = time.perf_counter()
-    results = evaluate_revisited(dataset, queries.descriptors[query_rows], database.descriptors[database_rows],
-                                 query_ids=query_ids, database_ids=database_ids, ks=ks)
-    seconds = time.perf_counter() - started
-    report = {
-        "protocol": "revisited" if dataset.is_revisited else "classic", "dataset": name,
-        "images": len(dataset.images), "queries": len(dataset.queries), "dim": database.dim,
-        "missing_images": missing_db, "missing_queries": missing_q,
-        "settings": {setting: result.summary() for setting, result in results.items()},
-        "evaluation_seconds": round(seconds, 3),
-    }
-    if save_rankings is not None:
-        document = rankings_document(results, dataset.query_paths(), dataset.image_paths(),
-                                     root=str(dataset.image_dir), protocol=report["protocol"],
-                                     meta={"dataset": name, "query_crops": [list(b) if b else None for b in dataset.boxes],
-                                           "descriptors_meta": database.meta})
-        write_text_atomic(save_rankings, json.dumps(document) + "\n")
-        write_resolved_config(save_rankings)
-    if not as_json:
-        click.echo(f"{name}: {len(dataset.queries)} queries, {len(dataset.images)} images, {database.dim}-D")
-        click.echo(f"{'setting':<9} {'mAP':>7}" + "".join(f" {'mP@' + str(k):>7}" for k in ks) + f" {'queries':>8}")
-        for setting, result in results.items():
-            click.echo(f"{setting:<9} {_fmt(result.map):>7}"
-                       + "".join(f" {_fmt(result.mp_at_k[k]):>7}" for k in ks) + f" {result.n_queries:>8}")
-    return report
+        queries = _extract(options, dataset.query_paths(), dataset.image_dir,
+                           _queries_path(save_descriptors) if save_descriptors is not None else None,
+                           progress, "query crops", crops=dataset.query_crops(), dataset=name, query_crops=True)
+    return dataset, database, queries

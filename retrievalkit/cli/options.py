@@ -9,8 +9,14 @@ options as ``rkit extract`` (same names, defaults and meaning), declared once he
         model, whitening = model_options.build()
         result = extract_descriptors(model, paths, **model_options.extraction_kwargs())
 
-:func:`model_options` adds ``--backbone --weights --pooling --model --whiten --image-size
+:func:`model_options` adds ``--backbone --weights --pooling --model --whitening --image-size
 --scales --batch-size --device --workers`` and hands the command one :class:`ModelOptions`.
+
+Names mean the same in every command: ``--whiten METHOD`` names a whitening method to *fit*
+(``rkit train``, ``rkit ablate``, ``rkit whiten fit``); ``--whitening FILE`` names a *fitted*
+whitening file to apply (``rkit extract``, ``eval``, ``search``, ``whiten apply``). Old
+spellings (``--whiten FILE``, ``whiten fit --method``) still work, hidden, with a deprecation
+warning: :func:`renamed_option`.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ import click
 from click.core import ParameterSource
 
 from ..errors import RkitError
-from ..extract import parse_scales
-from ..model import ModelConfig
+from .common import _META_RENAMED, echo_warnings, renamed_option  # noqa: F401 (echo_warnings re-exported)
+from ..settings import ModelConfig
 
 if TYPE_CHECKING:
     from ..model import RetrievalModel
@@ -53,7 +59,7 @@ class ModelOptions:
     weights: str = DEFAULT_WEIGHTS
     pooling: str = DEFAULT_POOLING
     model_dir: Path | None = None
-    whiten_file: Path | None = None
+    whitening_file: Path | None = None
     image_size: int = DEFAULT_IMAGE_SIZE
     scales: list[float] = dataclasses.field(default_factory=lambda: [1.0])
     batch_size: int = 16
@@ -62,11 +68,16 @@ class ModelOptions:
     typed: frozenset[str] = frozenset()
     command_line: frozenset[str] = frozenset()
 
+    @property
+    def whiten_file(self) -> Path | None:
+        """The old name of :attr:`whitening_file` (``--whitening FILE``, formerly ``--whiten FILE``)."""
+        return self.whitening_file
+
     def build(self) -> tuple[RetrievalModel, FittedWhitening | None]:
         """The model (built from components, or loaded from ``--model``) and the whitening file.
 
         The whitening is returned, not attached, so it is applied to the combined multi-scale
-        descriptors exactly as ``rkit extract --whiten`` does.
+        descriptors exactly as ``rkit extract --whitening`` does.
         """
         from ..model import ModelConfig, build_model, load_model
 
@@ -79,12 +90,12 @@ class ModelOptions:
         else:
             model = build_model(ModelConfig(backbone=self.backbone, pooling=self.pooling, weights=self.weights))
         whitening = None
-        if self.whiten_file is not None:
+        if self.whitening_file is not None:
             from ..whitening import FittedWhitening
 
-            whitening = FittedWhitening.load(self.whiten_file)
+            whitening = FittedWhitening.load(self.whitening_file)
             if whitening.in_dim != model.out_dim:
-                raise RkitError(f"{self.whiten_file} whitens {whitening.in_dim}-D descriptors but this model "
+                raise RkitError(f"{self.whitening_file} whitens {whitening.in_dim}-D descriptors but this model "
                                 f"gives {model.out_dim}-D ones: fit the whitening on descriptors of the same model")
         return model, whitening
 
@@ -100,7 +111,7 @@ class ModelOptions:
             "model": model.config.to_dict(),
             "model_dir": str(self.model_dir) if self.model_dir is not None else None,
             "image_size": self.image_size, "scales": list(self.scales),
-            "whitening": whitening.describe(self.whiten_file) if whitening is not None else None,
+            "whitening": whitening.describe(self.whitening_file) if whitening is not None else None,
             **extra,
         }
         return json.loads(json.dumps(meta, default=str))
@@ -123,32 +134,64 @@ class ModelOptions:
         if whitening is not None:
             if not whitening.get("file"):
                 raise RkitError("the database descriptors are whitened but their file does not say with which "
-                                "whitening file: give it with --whiten FILE")
-            from_file["whiten_file"] = Path(whitening["file"])
+                                "whitening file: give it with --whitening FILE")
+            from_file["whitening_file"] = Path(whitening["file"])
         for name, value in from_file.items():
             if value is not None and name not in base.typed:
                 values[name] = value
         if "model" in base.typed:
             values["model_dir"] = base.model_dir
-        if "whiten" in base.typed:
-            values["whiten_file"] = base.whiten_file
+        if "whitening" in base.typed:
+            values["whitening_file"] = base.whitening_file
         values["typed"] = base.typed
         values["command_line"] = base.command_line
         return cls(**values)
 
 
+def component_callback(kind: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback checking a ``NAME[:OPTION=VALUE...]`` value of a component ``kind``.
+
+    The name and the options are checked against the plugin listing (no plugin, no torch is
+    imported while the listing cache is valid), so a typo is a usage error before any work
+    starts. Values left at their default are not checked (``--model`` makes them irrelevant),
+    but the plugin host starts here either way, while the arguments are parsed, so that the
+    timings a command reports measure its work and not the host's start-up.
+    """
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None or ctx.resilient_parsing or param.name is None:
+            return value
+        from ..errors import ComponentOptionError, UnknownComponentError
+        from ..plugins import get_host
+
+        host = get_host()
+        if ctx.get_parameter_source(param.name) in (ParameterSource.DEFAULT, None):
+            return value
+        try:
+            host.check(kind, value)
+        except (UnknownComponentError, ComponentOptionError) as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        return value
+
+    return callback
+
+
 _OPTIONS: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (
-    click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
+    click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, callback=component_callback("backbone"),
                  help="Backbone component and options (`rkit plugins` lists them): alexnet, vgg16, resnet50, "
                       "resnet101, efficientnet-lite0 ..."),
     click.option("--weights", default=DEFAULT_WEIGHTS, show_default=True,
                  help="Backbone weights: imagenet, none, or a local state-dict file (.pth)."),
-    click.option("--pooling", default=DEFAULT_POOLING, show_default=True,
-                 help="Pooling component and options: mac, spoc, spoc:center_prior=false, gem, gem:p=4 ..."),
-    click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                 help="A saved model directory (from `rkit train`); replaces --backbone/--pooling/--weights."),
-    click.option("--whiten", "whiten_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                 help="A whitening file from `rkit whiten fit`, applied to the descriptors."),
+    click.option("--pooling", default=DEFAULT_POOLING, show_default=True, callback=component_callback("pooling"),
+                 help="Pooling component and options: mac, spoc, spoc:center_prior=false, gem, gem:p=4 ... "
+                      "Default gem: the best off-the-shelf pooling (docs/definitions.md); `rkit train` "
+                      "defaults to mac, the pooling the paper fine-tunes, and a trained --model keeps its own."),
+    click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None,
+                 help="A saved model directory (from `rkit train`), a published network by name "
+                      "(retrievalSfM120k-resnet101-gem, rSfM120k-tl-resnet101-gem-w, gl18-tl-resnet101-gem-w ...; "
+                      "downloaded once) or its .pth file [:lw=ss|ms|none]; replaces --backbone/--pooling/--weights."),
+    click.option("--whitening", "whitening_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="A fitted whitening file (from `rkit whiten fit`), applied to the descriptors."),
     click.option("--image-size", type=click.IntRange(min=1), default=DEFAULT_IMAGE_SIZE, show_default=True,
                  help="Longest image side in pixels (at scale 1)."),
     click.option("--scales", default="1", show_default=True,
@@ -159,12 +202,10 @@ _OPTIONS: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (
     click.option("--workers", type=click.IntRange(min=0), default=2, show_default=True,
                  help="Image-decoding worker processes (0: decode in the main process)."),
 )
-_PARAMS = ("backbone", "weights", "pooling", "model_dir", "whiten_file", "image_size", "scales",
+_PARAMS = ("backbone", "weights", "pooling", "model_dir", "whitening_file", "image_size", "scales",
            "batch_size", "device", "workers")
 #: parameter name -> the name ``ModelOptions.typed`` uses
-_TYPED_NAMES = {"model_dir": "model", "whiten_file": "whiten"}
-
-
+_TYPED_NAMES = {"model_dir": "model", "whitening_file": "whitening"}
 def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add the model/extraction options; the command receives them as ``model_options``."""
 
@@ -172,21 +213,25 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
         values = {name: kwargs.pop(name) for name in _PARAMS}
+        renamed = set(ctx.meta.get(_META_RENAMED, {})) & set(_PARAMS)     # given by an old spelling
         typed = frozenset(
             _TYPED_NAMES.get(name, name) for name in _PARAMS
-            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None) or name in renamed
         )
         command_line = frozenset(
             _TYPED_NAMES.get(name, name) for name in _PARAMS
-            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+            if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE or name in renamed
         )
+        from ..extract import parse_scales  # imports torch: only once the command runs
+
         values["scales"] = list(parse_scales(values["scales"], what="--scales"))
         kwargs["model_options"] = ModelOptions(**values, typed=typed, command_line=command_line)
         return func(*args, **kwargs)
 
     for option in reversed(_OPTIONS):
         wrapper = option(wrapper)
-    return wrapper
+    return renamed_option("--whiten", "whitening_file", "--whitening", key="whiten_file",
+                          type=click.Path(dir_okay=False, path_type=Path))(wrapper)
 
 
 _SHOWN_FAILURES = 10
@@ -195,7 +240,7 @@ _SHOWN_FAILURES = 10
 def extract_with_options(options: ModelOptions, paths: Sequence[str], *, root: Path | None,
                          crops: Sequence[Any] | None = None, checkpoint: Path | None = None,
                          progress: bool = True, what: str = "images"):
-    """Build the model, extract ``paths``, apply the ``--whiten`` file; report timing and failures.
+    """Build the model, extract ``paths``, apply the ``--whitening`` file; report timing and failures.
 
     Returns ``(ExtractionResult, meta)``: the result's descriptors are whitened when a whitening
     file was given, and ``meta`` is the descriptors-file meta for them.

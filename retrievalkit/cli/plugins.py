@@ -1,4 +1,8 @@
-"""``rkit plugins``: every installed component by kind, with its plugin, distribution and version."""
+"""``rkit plugins``: every installed component by kind, with its plugin, distribution and version.
+
+The listing comes from the plugin host's listing cache when the installed code is unchanged, so
+it imports no plugin (and no torch); see :mod:`retrievalkit.plugin_cache`.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +25,8 @@ def command(as_json: bool, show_options: bool) -> None:
         out = {
             kind: [
                 {"name": rc.name, "plugin": rc.plugin, "distribution": rc.distribution,
-                 "version": rc.version, "summary": rc.component.summary,
-                 "reference": rc.component.reference,
-                 "options": {o.name: o.default for o in rc.component.options().values()}}
+                 "version": rc.version, "summary": rc.summary, "reference": rc.reference,
+                 "options": {o.name: o.default for o in rc.options.values()}}
                 for rc in sorted(components[kind].values(), key=lambda r: r.name)
             ]
             for kind in KINDS
@@ -36,10 +39,11 @@ def command(as_json: bool, show_options: bool) -> None:
             click.echo("  (none installed)")
         for rc in sorted(components[kind].values(), key=lambda r: r.name):
             source = f"{rc.distribution} {rc.version}".strip()
-            click.echo(f"  {rc.name:<20} {rc.component.summary:<58} [{rc.plugin} from {source}]")
+            click.echo(f"  {rc.name:<20} {rc.summary:<58} [{rc.plugin} from {source}]")
             if show_options:
-                for option in rc.component.options().values():
+                for option in rc.options.values():
                     click.echo(f"  {'':<22}- {option.describe()}")
-    blocked = sorted(name for name in host.pm._name2plugin if host.pm.is_blocked(name))
-    if blocked:
-        click.echo(f"blocked by RKIT_BLOCK_PLUGINS: {', '.join(blocked)}")
+    if host.blocked_names():
+        click.echo(f"blocked by RKIT_BLOCK_PLUGINS: {', '.join(host.blocked_names())}")
+    for plugin, why in sorted(host.failures.items()):
+        click.echo(f"failed to import: {plugin} ({why}); set RKIT_BLOCK_PLUGINS={plugin} to skip it")

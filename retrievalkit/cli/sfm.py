@@ -14,6 +14,7 @@ import click
 
 from ..config import write_resolved_config
 from ..errors import RkitError
+from ..outputs import check_output_path
 from ..sfm import SfmOptions
 
 _DEFAULTS = SfmOptions()
@@ -32,8 +33,11 @@ _DEFAULTS = SfmOptions()
 @click.option("--split", default="train", show_default=True, help="With --import-dbpkl: train or val.")
 @click.option("--image-size", default=_DEFAULTS.image_size, show_default=True, help="SIFT image size (longest side, px).")
 @click.option("--max-features", default=_DEFAULTS.max_features, show_default=True, help="SIFT features per image.")
-@click.option("--pairs", type=click.Choice(["auto", "exhaustive", "retrieval"]), default=_DEFAULTS.pairs,
-              show_default=True, help="Which pairs to match (auto: exhaustive for small folders).")
+@click.option("--pairs", "pairs", multiple=True, default=(_DEFAULTS.pairs,), show_default=True,
+              metavar="SOURCE",
+              help="Which pairs to match: auto (exhaustive for small folders, else retrieval), exhaustive, "
+                   "retrieval, sequential:overlap=N (ordered sequences), or an hloc pairs file. "
+                   "Repeat to match the union, e.g. --pairs retrieval --pairs sequential:overlap=5.")
 @click.option("-k", "--k", "k", default=_DEFAULTS.k, show_default=True, help="Neighbours per image for retrieval pairs.")
 @click.option("--exhaustive-below", default=_DEFAULTS.exhaustive_below, show_default=True,
               help="With --pairs auto: match exhaustively up to this many images.")
@@ -59,7 +63,7 @@ _DEFAULTS = SfmOptions()
 @click.option("--verbose", is_flag=True, help="Show COLMAP's own log.")
 @click.option("--json", "as_json", is_flag=True, help="With --stats: machine-readable output.")
 def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, dbpkl: Path | None,
-            root: Path | None, split: str, image_size: int, max_features: int, pairs: str, k: int,
+            root: Path | None, split: str, image_size: int, max_features: int, pairs: tuple[str, ...], k: int,
             exhaustive_below: int, descriptor_model: str, descriptor_image_size: int,
             min_model_size: int, init_min_tri_angle: float, init_max_forward_motion: float,
             abs_pose_min_inliers: int, split_groups: bool,
@@ -70,6 +74,11 @@ def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, d
     Every reconstructed 3D model becomes a cluster; registered images get their camera and the
     3D points they observe (for the m2/m3 positive miners). Stages: features, pairs, matches,
     mapping, database; re-running the same command reuses the finished ones.
+
+    \b
+    rkit sfm photos/ --out runs/sfm
+    rkit sfm street/ --out runs/street --pairs retrieval --pairs sequential:overlap=5
+    rkit sfm photos/ --out runs/sfm --pairs pairs-netvlad.txt    (hloc pairs file)
     """
     from ..trainingdb import load_database
 
@@ -85,6 +94,7 @@ def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, d
         return
     if out_dir is None:
         raise RkitError("--out DIR is required: the folder to write the training database to.")
+    check_output_path(out_dir, [images, dbpkl, root / "ims" if root is not None else None], folder=True)
     if dbpkl is not None:
         from ..dbpkl import import_dbpkl
 
@@ -99,7 +109,7 @@ def command(images: Path | None, out_dir: Path | None, stats_dir: Path | None, d
     from ..sfm import run_sfm
 
     options = SfmOptions(
-        image_size=image_size, max_features=max_features, pairs=pairs, k=k,
+        image_size=image_size, max_features=max_features, pairs=pairs[0] if len(pairs) == 1 else pairs, k=k,
         exhaustive_below=exhaustive_below, descriptor_model=descriptor_model,
         descriptor_image_size=descriptor_image_size, min_model_size=min_model_size,
         init_min_tri_angle=init_min_tri_angle, init_max_forward_motion=init_max_forward_motion,

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from ..trainconfig import TrainConfig, read_saved_config
+from ..settings import TrainConfig
+from .options import component_callback
 
 _DEFAULTS = TrainConfig()
 #: Sources that count as "the user asked for this value" when resuming.
@@ -17,9 +18,10 @@ _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSou
 
 
 @click.command("train")
-@click.option("--data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Training database: an `rkit sfm` output folder or a retrieval-SfM db.pkl. "
-                   "Omitted: the embedded synthetic set (built once, cached in $RKIT_CACHE or the run dir).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Training database: an `rkit sfm` output folder, a retrieval-SfM db.pkl, or a downloaded "
+                   "set by name (retrieval-sfm-120k, retrieval-sfm-30k under $RKIT_DATA). "
+                   "Omitted: the embedded synthetic set (built once, cached in $RKIT_CACHE, default ~/.cache/retrievalkit).")
 @click.option("--images-root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the images of a db.pkl.")
 @click.option("--val", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -27,17 +29,21 @@ _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSou
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(_DEFAULTS.run_dir),
               show_default=True, help="Where config, metrics, checkpoints and the model go.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")
-@click.option("--backbone", default=_DEFAULTS.backbone, show_default=True, help="Backbone component.")
+@click.option("--backbone", default=_DEFAULTS.backbone, show_default=True, callback=component_callback("backbone"),
+              help="Backbone component.")
 @click.option("--weights", default=_DEFAULTS.weights, show_default=True,
               help="Initial backbone weights: imagenet, none, or a local state dict.")
-@click.option("--pooling", default=_DEFAULTS.pooling, show_default=True, help="Pooling: mac, spoc, gem ...")
-@click.option("--miner", default=_DEFAULTS.miner, show_default=True,
+@click.option("--pooling", default=_DEFAULTS.pooling, show_default=True, callback=component_callback("pooling"),
+              help="Pooling: mac, spoc, gem ... Default mac, the pooling the paper fine-tunes (the contrastive "
+                   "margin 0.7 is tuned for it); `rkit extract` defaults to gem, the best without fine-tuning "
+                   "(docs/definitions.md §1). The saved model keeps its pooling.")
+@click.option("--miner", default=_DEFAULTS.miner, show_default=True, callback=component_callback("miner"),
               help="Positive miner: m1, m2, m3 (m3:t_i=0.2:t_s=1.5), random-positive.")
-@click.option("--negatives", default=_DEFAULTS.negatives, show_default=True,
+@click.option("--negatives", default=_DEFAULTS.negatives, show_default=True, callback=component_callback("miner"),
               help="Negative miner: n1, n2, random-negative.")
 @click.option("--num-negatives", type=click.IntRange(min=1), default=_DEFAULTS.num_negatives, show_default=True,
               help="Negatives per tuple (N).")
-@click.option("--loss", default=_DEFAULTS.loss, show_default=True,
+@click.option("--loss", default=_DEFAULTS.loss, show_default=True, callback=component_callback("loss"),
               help="Loss: contrastive (contrastive:margin=0.7), triplet (triplet:margin=0.1).")
 @click.option("--epochs", type=click.IntRange(min=0), default=_DEFAULTS.epochs, show_default=True)
 @click.option("--queries", "queries_per_epoch", type=click.IntRange(min=0), default=_DEFAULTS.queries_per_epoch,
@@ -55,8 +61,9 @@ _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSou
 @click.option("--image-size", type=click.IntRange(min=32), default=_DEFAULTS.image_size, show_default=True,
               help="Longest image side (pixels) for training and mining.")
 @click.option("--freeze-bn/--train-bn", default=_DEFAULTS.freeze_bn, show_default=True,
-              help="Keep batch-norm statistics frozen (recommended: a few images per forward pass give meaningless batch statistics).")
-@click.option("--whiten", default=_DEFAULTS.whiten, show_default=True,
+              help="Keep batch-norm statistics frozen (recommended: a few images per forward pass give "
+                   "meaningless batch statistics).")
+@click.option("--whiten", default=_DEFAULTS.whiten, show_default=True, callback=component_callback("whitening"),
               help="Whitening learned after training on the mined pairs: learned, pca, none.")
 @click.option("--whiten-dim", type=click.IntRange(min=1), default=None,
               help="Output dimension of the whitening (default: all meaningful directions).")
@@ -88,11 +95,19 @@ def command(ctx: click.Context, resume: bool, **options: object) -> None:
     rkit train --run-dir runs/train --resume        (after an interruption)
     torchrun --nproc-per-node 4 -m retrievalkit train --data runs/sfm   (4 GPUs)
     """
+    from ..outputs import check_output_path
+
+    check_output_path(options["run_dir"], [options[k] for k in ("data", "images_root", "val")], option="--run-dir")
+    from ..train import read_saved_config, train  # torch: only once the command runs
+
     values = {key: (str(value) if isinstance(value, Path) else value) for key, value in options.items()}
     if resume:
         saved = read_saved_config(values["run_dir"])
         given = {key for key in values if ctx.get_parameter_source(key) in _GIVEN}
         values = {**saved, **{key: values[key] for key in given}, "run_dir": values["run_dir"]}
+    from ..datafetch import resolve_training_data
+
+    values["data"], values["images_root"] = resolve_training_data(values.get("data"), values.get("images_root"))
     config = TrainConfig.from_dict(values)
     write_config: Callable[[], None] | None = None
     if not resume:
@@ -100,8 +115,6 @@ def command(ctx: click.Context, resume: bool, **options: object) -> None:
 
         def write_config() -> None:
             write_resolved_config(Path(config.run_dir), ctx)
-
-    from ..train import train
 
     result = train(config, resume=resume, log=lambda message: click.echo(message, err=True), on_start=write_config)
     click.echo(f"model saved to {result.model_dir}")

@@ -10,37 +10,15 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..config import write_resolved_config
+from ..datasets import read_labels  # noqa: F401 (was defined here)
 from ..descriptors import DescriptorSet
 from ..errors import RkitError
+from ..outputs import check_output_path
 from ..whitening import DEFAULT_MAX_PAIRS, FittedWhitening, WhiteningData, fit_whitening, read_pairs_file
-
-
-def read_labels(spec: str, paths: list[str]) -> np.ndarray:
-    """Labels for ``paths``: ``folder`` (each path's parent folder) or a file ``PATH<TAB>LABEL``."""
-    if spec == "folder":
-        from ..evaluate import folder_labels
-
-        return np.asarray(folder_labels(paths))
-    path = Path(spec)
-    if not path.is_file():
-        raise RkitError(f"--labels {spec!r}: write 'folder' (the parent folder of each image is its label) "
-                        f"or give a file with one PATH<TAB>LABEL line per image")
-    given: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = line.rstrip("\n").split("\t")
-        if len(fields) != 2:
-            raise RkitError(f"{path}:{lineno}: expected PATH<TAB>LABEL, got {line!r}")
-        given[fields[0].strip()] = fields[1].strip()
-    missing = [p for p in paths if p not in given]
-    if missing:
-        raise RkitError(f"{path} gives no label for {len(missing)} of the {len(paths)} images (first: "
-                        f"{missing[0]!r}): add a PATH<TAB>LABEL line for each path of the descriptors file")
-    return np.asarray([given[p] for p in paths])
+from .common import echo_warnings, renamed_option
+from .options import component_callback
 
 
 @click.group("whiten")
@@ -48,16 +26,17 @@ def group() -> None:
     """Learn and apply whitening (PCA, learned Lw).
 
     \b
-    rkit whiten fit train.npz --method learned --labels folder --dim 128 --out lw.npz
-    rkit whiten apply test.npz --whiten lw.npz --out test-lw.npz
+    rkit whiten fit train.npz --whiten learned --labels folder --dim 128 --out lw.npz
+    rkit whiten apply test.npz --whitening lw.npz --out test-lw.npz
     """
 
 
 @group.command("fit")
 @click.argument("descriptors", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--method", default="learned", show_default=True,
-              help="Whitening component and options: none, pca, pca:whiten=false, learned, "
-                   "learned:rotation=all, learned:ridge=0.1 ...")
+@click.option("--whiten", "method", default="learned", show_default=True, metavar="METHOD",
+              callback=component_callback("whitening"),
+              help="The whitening method to fit (a component, with options): none, pca, pca:whiten=false, "
+                   "learned, learned:rotation=all, learned:ridge=0.1 ... (as `rkit train/ablate --whiten`).")
 @click.option("--dim", type=int, default=None,
               help="Output dimension (e.g. 32, 64, 128, 256, 512). Default: every meaningful direction.")
 @click.option("--labels", "labels_spec", default=None, metavar="folder|FILE",
@@ -69,6 +48,7 @@ def group() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the pair sample.")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Whitening file to write (.npz).")
+@renamed_option("--method", "method", "--whiten")
 def fit_command(descriptors: Path, method: str, dim: int | None, labels_spec: str | None,
                 pairs_file: Path | None, max_pairs: int, seed: int, out: Path) -> None:
     """Learn a whitening from a descriptors file.
@@ -76,6 +56,8 @@ def fit_command(descriptors: Path, method: str, dim: int | None, labels_spec: st
     DESCRIPTORS is a file written by `rkit extract`. `pca` needs nothing else; `learned` needs
     --labels or --pairs. See docs/whitening.md.
     """
+    label_file = Path(labels_spec) if labels_spec not in (None, "folder") else None
+    check_output_path(out, [descriptors, label_file, pairs_file])
     start = time.perf_counter()
     dset = DescriptorSet.load(descriptors)
     if dset.meta.get("whitening"):
@@ -106,28 +88,28 @@ def fit_command(descriptors: Path, method: str, dim: int | None, labels_spec: st
 
 @group.command("apply")
 @click.argument("descriptors", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--whiten", "whitening_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Whitening file written by `rkit whiten fit`.")
+@click.option("--whitening", "whitening_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The fitted whitening file to apply (written by `rkit whiten fit`).  [required]")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Whitened descriptors file to write (.npz).")
-def apply_command(descriptors: Path, whitening_file: Path, out: Path) -> None:
+@renamed_option("--whiten", "whitening_file", "--whitening", type=click.Path(dir_okay=False, path_type=Path))
+def apply_command(descriptors: Path, whitening_file: Path | None, out: Path) -> None:
     """Apply a fitted whitening to a descriptors file.
 
     Writes the whitened descriptors of DESCRIPTORS to --out; their meta records the whitening.
     """
+    if whitening_file is None:
+        raise RkitError("give the fitted whitening to apply: --whitening FILE (from `rkit whiten fit`)")
+    check_output_path(out, [descriptors, whitening_file])
     start = time.perf_counter()
     fitted = FittedWhitening.load(whitening_file)
     dset = DescriptorSet.load(descriptors)
-    if dset.meta.get("whitening"):
-        click.echo(f"Warning: {descriptors} is already whitened ({dset.meta['whitening'].get('method')}); "
-                   f"whitening it again composes the two.", err=True)
     source = fitted.meta.get("source")
     if source and Path(source).resolve() == descriptors.resolve():
         click.echo(f"Warning: {whitening_file} was learned on {descriptors} itself; results on the data a "
                    f"whitening was learned on are optimistic (learn it on a separate set).", err=True)
-    meta = {k: v for k, v in dset.meta.items() if k != "format_version"}
-    meta["whitening"] = fitted.describe(whitening_file)
-    DescriptorSet(fitted.apply(dset.descriptors), dset.paths, meta).save(out)
+    with echo_warnings():
+        dset.whitened(fitted, whitening_file).save(out)
     write_resolved_config(out)
     click.echo(f"whitened {len(dset)} descriptors {fitted.in_dim} -> {fitted.out_dim} D with "
                f"{fitted.method} in {time.perf_counter() - start:.1f} s; wrote {out}")

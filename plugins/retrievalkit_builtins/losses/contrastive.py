@@ -1,4 +1,4 @@
-"""Contrastive loss on tuples (Radenović et al. 2016, eq. 2; SPEC section 3).
+"""Contrastive loss on tuples (Radenović et al. 2016, eq. 2; docs/definitions.md §3).
 
 For each pair (q, j) of a tuple, d = ||f_q - f_j|| of L2-normalised descriptors and
 L = 1/2 Y d^2 + 1/2 (1 - Y) max(0, tau - d)^2 with Y = 1 for (q, p) and Y = 0 for every

@@ -1,4 +1,4 @@
-"""Triplet (margin ranking) loss on tuples, the natural addition to SPEC section 3.
+"""Triplet (margin ranking) loss on tuples, the natural addition to docs/definitions.md §3.
 
 For each negative n_k of a tuple: max(0, ||f_q - f_p||^2 - ||f_q - f_n_k||^2 + margin), with
 squared distances of L2-normalised descriptors (as in Radenović et al. TPAMI 2018 / Schroff et

@@ -1,4 +1,4 @@
-"""N1: the nearest images of other 3D models (Radenović et al. 2016, sec. 3.2; SPEC 4).
+"""N1: the nearest images of other 3D models (Radenović et al. 2016, sec. 3.2; docs/definitions.md §4).
 
 N1(q) = the ``num_negatives`` pool images closest to f(q) by descriptor, never from q's model.
 One faiss search for all queries (:func:`retrievalkit.mining.ranked_negatives`).

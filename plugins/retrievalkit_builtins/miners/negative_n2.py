@@ -1,9 +1,9 @@
 """N2: the nearest images of other 3D models, at most one per model (Radenović et al. 2016, sec. 3.2).
 
 N2(q) is N1(q) with the extra rule that no two negatives come from the same 3D model, for more
-variety (SPEC 4). It searches the pool only as deep as needed to find N other models for every
-query (:func:`retrievalkit.mining.negatives_from_distinct_models`: a shallow exact search, deeper
-only for the queries still short), and keeps the best image of each model.
+variety (docs/definitions.md §4). It searches the pool only as deep as needed to find N other
+models for every query (:func:`retrievalkit.mining.negatives_from_distinct_models`: a shallow
+exact search, deeper only for the queries still short), and keeps the best image of each model.
 
 Too few models: when the pool holds fewer models (other than q's) than ``num_negatives``, the
 remaining slots are filled with the next-nearest images not yet chosen (from models already

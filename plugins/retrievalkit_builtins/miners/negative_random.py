@@ -1,6 +1,6 @@
 """random-negative: uniformly random pool images of other 3D models, the baseline for N1/N2.
 
-Drawn without replacement per query from the pool minus the query's model (SPEC 4: never from
+Drawn without replacement per query from the pool minus the query's model (docs/definitions.md §4: never from
 q's model).
 """
 

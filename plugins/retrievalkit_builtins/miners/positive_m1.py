@@ -1,4 +1,4 @@
-"""m1: the closest co-observing image by descriptor (Radenović et al. 2016, sec. 3.2; SPEC 4).
+"""m1: the closest co-observing image by descriptor (Radenović et al. 2016, sec. 3.2; docs/definitions.md §4).
 
 m1(q) = argmin over i in M(q) of ||f(q) - f(i)||, with f the current network's descriptors:
 the easy positive that earlier work (and the paper's baseline) used. M(q) is

@@ -1,4 +1,4 @@
-"""m2: the image sharing the most 3D points with the query (Radenović et al. 2016, sec. 3.2; SPEC 4).
+"""m2: the image sharing the most 3D points with the query (Radenović et al. 2016, sec. 3.2; docs/definitions.md §4).
 
 m2(q) = argmax over i in M(q) of |P(q) n P(i)|. Ties go to the lowest database index, so the
 choice is deterministic. Needs the 3D points (a database from ``rkit sfm``). A query with an

@@ -1,7 +1,7 @@
 """m3: a random co-observing image with enough overlap and limited zoom (Radenović et al. 2016, sec. 3.2).
 
 m3(q) = a random i in M(q) with |P(q) n P(i)| / |P(q)| >= t_i and scale(q, i) <= t_s
-(SPEC 4; ``TrainingDatabase.overlap`` and ``scale_change``), defaults t_i = 0.2, t_s = 1.5:
+(docs/definitions.md §4; ``TrainingDatabase.overlap`` and ``scale_change``), defaults t_i = 0.2, t_s = 1.5:
 hard positives that still truly match. Drawn with the trainer's generator, so a seed repeats the
 choice. A query with no such image gets ``-1`` (dropped for the epoch).
 """

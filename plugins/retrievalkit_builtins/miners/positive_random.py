@@ -1,6 +1,6 @@
 """random-positive: a uniformly random image of M(q), the ablation baseline for m1/m2/m3.
 
-M(q) as in SPEC 4 (``TrainingDatabase.co_observing``). A query with an empty M(q) gets ``-1``.
+M(q) as in docs/definitions.md §4 (``TrainingDatabase.co_observing``). A query with an empty M(q) gets ``-1``.
 """
 
 from __future__ import annotations

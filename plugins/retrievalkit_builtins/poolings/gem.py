@@ -1,6 +1,6 @@
 """GeM: generalised-mean pooling with a learnable exponent (Radenović, Tolias, Chum, TPAMI 2018, eq. 3).
 
-f_k = (mean over (x, y) of max(X_k(x, y), eps)^p)^(1/p)   (SPEC section 1)
+f_k = (mean over (x, y) of max(X_k(x, y), eps)^p)^(1/p)   (docs/definitions.md §1)
 
 p = 1 is average pooling, p -> infinity approaches MAC. p starts at 3 and is a ``nn.Parameter``,
 trained with the network unless ``learn_p=false``. The formula itself is

@@ -1,4 +1,4 @@
-"""MAC: maximum activations of convolutions (Radenović et al. 2016, section 3.1; SPEC section 1).
+"""MAC: maximum activations of convolutions (Radenović et al. 2016, section 3.1; docs/definitions.md §1).
 
 f_k = max over (x, y) of max(X_k(x, y), 0): the global max of each rectified channel.
 """

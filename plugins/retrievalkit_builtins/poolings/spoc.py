@@ -1,7 +1,7 @@
 """SPoC: sum pooling with a Gaussian centre prior (Babenko and Lempitsky, ICCV 2015, section 3.2).
 
 f_k = sum over (x, y) of a(x, y) X_k(x, y), with
-a(x, y) = exp(-((x - W/2)^2 + (y - H/2)^2) / (2 s^2))   (SPEC section 1)
+a(x, y) = exp(-((x - W/2)^2 + (y - H/2)^2) / (2 s^2))   (docs/definitions.md §1)
 
 Coordinates: the feature map cell in column j and row i (0-based) sits at its centre,
 x = j + 0.5, y = i + 0.5, so the map spans [0, W] x [0, H] and its centre is (W/2, H/2).

@@ -1,4 +1,4 @@
-"""No whitening (``none``): the descriptors are kept as they are (SPEC section 2, the baseline).
+"""No whitening (``none``): the descriptors are kept as they are (docs/definitions.md §2, the baseline).
 
 psi(f) = L2(f): mean 0, projection I. Useful as the ``none`` level of an ablation grid and so
 that every pipeline can name its whitening explicitly.

@@ -1,4 +1,4 @@
-"""Learned whitening Lw (``learned``): Radenović, Tolias, Chum, ECCV 2016 (SPEC section 2).
+"""Learned whitening Lw (``learned``): Radenović, Tolias, Chum, ECCV 2016 (docs/definitions.md §2).
 
 The paper's section "Whitening and dimensionality reduction".
 

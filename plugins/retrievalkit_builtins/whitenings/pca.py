@@ -1,4 +1,4 @@
-"""PCA-whitening (``pca``): Babenko & Lempitsky, ICCV 2015 (SPoC design, post-processing; SPEC 2).
+"""PCA-whitening (``pca``): Babenko & Lempitsky, ICCV 2015 (SPoC design, post-processing; docs/definitions.md §2).
 
 Learned on descriptors f (L2-normalised) of a separate set: mean m and the eigen-decomposition
 of their covariance, eigenvalues l_1 >= l_2 >= ... with eigenvectors U. Then
