@@ -1,3 +1,6 @@
+"""``python -m retrievalkit``: the ``rkit`` command line (also torchrun's ``-m retrievalkit``)."""
+
 from .cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned DataLoader worker imports this module
+    main()

@@ -189,8 +189,21 @@ def _write_h5(out: Path, descriptors: Any, paths: list[str], meta: dict[str, Any
     return write_global_features(out, paths, descriptors, raw_image_sizes(meta.get("root"), paths), meta=meta)
 
 
+def _write_store(dtype: str) -> Callable[[Path, Any, list[str], dict[str, Any]], Path]:
+    def write(out: Path, descriptors: Any, paths: list[str], meta: dict[str, Any]) -> Path:
+        """Append a shard to the descriptor store folder ``out`` (:mod:`retrievalkit.store`)."""
+        from .store import write_store
+
+        write_store(out, descriptors, paths, meta, dtype)
+        return out
+
+    return write
+
+
 WRITERS["npz"] = _write_npz
 WRITERS["h5"] = _write_h5
+WRITERS["shards"] = _write_store("float32")
+WRITERS["shards16"] = _write_store("float16")
 
 
 def write_descriptors(out: str | Path, result: ExtractionResult, meta: dict[str, Any], fmt: str = "npz") -> Path:

@@ -14,10 +14,12 @@ Positive miners (``role == "positive"``)::
     mine(queries, db, descriptors, rng) -> positives
 
 ``queries`` int ``(Q,)``; ``db`` the :class:`~retrievalkit.trainingdb.TrainingDatabase`;
-``descriptors`` ``(len(db), D)`` float32 L2-normalised descriptors of the database images
-computed with the current network (``None`` when ``needs_descriptors`` is False; only the rows
-of the queries, their co-observing images M(q) and the negative pool are guaranteed to be
-filled); ``rng`` a ``numpy.random.Generator`` (the only source of randomness). Returns int
+``descriptors`` the float32 L2-normalised descriptors of the database images computed with
+the current network, indexed by database index like a ``(len(db), D)`` array (``None`` when
+``needs_descriptors`` is False). The trainer passes a :class:`DescriptorRows` holding only the
+queries, their co-observing images M(q) and the negative pool (``descriptors[i]``,
+``descriptors[ids]`` work; ``np.asarray(descriptors)`` gives a dense copy); tests may pass a
+plain array; ``rng`` a ``numpy.random.Generator`` (the only source of randomness). Returns int
 ``(Q,)``: one positive per query, ``-1`` where the query has no admissible positive (the
 trainer then drops that query for the epoch).
 
@@ -31,16 +33,16 @@ negative is never from the query's 3D model (cluster). If the pool holds fewer t
 ``num_negatives`` images outside the query's model, :class:`NotEnoughNegatives` is raised:
 the trainer checks this before any work (:func:`check_database`).
 
-Descriptor-based miners find nearest neighbours with one faiss search for all queries
-(:func:`nearest_neighbours`), never a Python loop over the pool.
+Descriptor-based miners find nearest neighbours through :mod:`retrievalkit.index` (one exact
+search for all queries, :func:`nearest_neighbours` / :class:`PoolSearch`), never a Python loop
+over the pool, and search only as deep as they need (:func:`negatives_from_distinct_models`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, Union, runtime_checkable
 
-import faiss
 import numpy as np
 
 from .errors import RkitError
@@ -76,13 +78,54 @@ class NegativeMiner(Protocol):
              pool: np.ndarray | None = None) -> np.ndarray: ...
 
 
-def require_descriptors(descriptors: np.ndarray | None, db: TrainingDatabase, who: str) -> np.ndarray:
-    """``descriptors`` as float32 ``(len(db), D)``; a clear error when missing or misshapen."""
+class DescriptorRows:
+    """Descriptors of some database images, indexed by database index like a ``(len(db), D)`` array.
+
+    The trainer extracts only the images an epoch's mining needs (queries, their M(q), the
+    pool); this holds just those rows plus one int per database image, instead of a mostly-zero
+    ``(len(db), D)`` matrix. ``rows[i]`` / ``rows[array]`` give the descriptors of database
+    images; asking for an image that was not extracted is an error (a miner bug).
+    """
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, size: int) -> None:
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.row_of = np.full(size, -1, dtype=np.int64)
+        self.row_of[self.ids] = np.arange(len(self.ids))
+        self.shape = (size, self.vectors.shape[1])
+        self.ndim = 2
+        self.dtype = self.vectors.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int | np.ndarray) -> np.ndarray:
+        rows = self.row_of[index]
+        if np.any(rows < 0):
+            missing = np.asarray(index).reshape(-1)[np.asarray(rows).reshape(-1) < 0][:5]
+            raise RkitError(f"a miner asked for the descriptors of database images {missing.tolist()}, "
+                            f"which the trainer did not extract (only the queries, their co-observing "
+                            f"images and the pool are)")
+        return self.vectors[rows]
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        dense = np.zeros(self.shape, dtype=np.float32)
+        dense[self.ids] = self.vectors
+        return dense if dtype is None else dense.astype(dtype)
+
+
+Descriptors = Union[np.ndarray, DescriptorRows]
+
+
+def require_descriptors(descriptors: Descriptors | None, db: TrainingDatabase, who: str) -> Descriptors:
+    """``descriptors`` as float32 ``(len(db), D)`` (array or :class:`DescriptorRows`); a clear
+    error when missing or misshapen."""
     if descriptors is None:
         raise RkitError(f"the {who} miner ranks images by descriptor: the trainer must extract the "
                         f"pool's descriptors first (its needs_descriptors is True)")
-    descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
-    if descriptors.ndim != 2 or descriptors.shape[0] != len(db):
+    if not isinstance(descriptors, DescriptorRows):
+        descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+    if len(descriptors.shape) != 2 or descriptors.shape[0] != len(db):
         raise RkitError(f"the {who} miner needs one descriptor per database image ({len(db)}), "
                         f"got an array of shape {descriptors.shape}")
     return descriptors
@@ -127,11 +170,12 @@ def prepare_negatives(db: TrainingDatabase, queries: np.ndarray, pool: np.ndarra
     return queries, pool
 
 
-def nearest_neighbours(descriptors: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
+def nearest_neighbours(descriptors: Descriptors, queries: np.ndarray, candidates: np.ndarray,
                        k: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` candidates closest to each query by inner product (= Euclidean for L2-normalised).
 
-    One exact faiss search (``IndexFlatIP``) over ``descriptors[candidates]`` for all queries.
+    One exact search (:func:`retrievalkit.index.build_index` ``flat`` and
+    :func:`retrievalkit.index.search`) over ``descriptors[candidates]`` for all queries.
     Returns ``(similarities (Q, k), ids (Q, k))`` with ids as database indices, best first;
     ``-1`` where fewer than ``k`` candidates exist.
     """
@@ -140,14 +184,36 @@ def nearest_neighbours(descriptors: np.ndarray, queries: np.ndarray, candidates:
     k = int(min(k, len(candidates)))
     if k <= 0 or len(queries) == 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-    index = faiss.IndexFlatIP(descriptors.shape[1])
-    index.add(np.ascontiguousarray(descriptors[candidates], dtype=np.float32))
-    sims, local = index.search(np.ascontiguousarray(descriptors[queries], dtype=np.float32), k)
-    ids = np.where(local >= 0, candidates[np.clip(local, 0, None)], -1)
-    return sims, ids
+    return PoolSearch(descriptors, candidates).search(descriptors[queries], k)
 
 
-def ranked_negatives(db: TrainingDatabase, descriptors: np.ndarray, queries: np.ndarray,
+class PoolSearch:
+    """An exact index over the descriptors of ``candidates`` (database indices), built once and
+    searched as deep as a miner needs (:func:`retrievalkit.index.search`)."""
+
+    def __init__(self, descriptors: Descriptors, candidates: np.ndarray) -> None:
+        from .index import build_index
+
+        self.candidates = np.asarray(candidates, dtype=np.int64)
+        self.index = build_index(descriptors[self.candidates], "flat")
+
+    def search(self, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(similarities, database ids)`` ``(Q, min(k, candidates))``, best first."""
+        from .index import search
+
+        sims, local = search(self.index, query_vectors, k)
+        ids = np.where(local >= 0, self.candidates[np.clip(local, 0, None)], -1)
+        return sims, ids
+
+
+def _drop_own_model(db: TrainingDatabase, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Ranked ids with the query's own model (and empty slots) removed; ``-1`` padding at the end."""
+    same_model = (ids < 0) | (db.clusters[np.clip(ids, 0, None)] == db.clusters[queries][:, None])
+    order = np.argsort(same_model, axis=1, kind="stable")  # valid ids first, rank order kept
+    return np.take_along_axis(np.where(same_model, -1, ids), order, axis=1)
+
+
+def ranked_negatives(db: TrainingDatabase, descriptors: Descriptors, queries: np.ndarray,
                      pool: np.ndarray, k: int) -> np.ndarray:
     """The pool images nearest to each query with the query's own model removed, ``(Q, <=k)``.
 
@@ -157,10 +223,36 @@ def ranked_negatives(db: TrainingDatabase, descriptors: np.ndarray, queries: np.
     """
     largest_model = int(np.unique(db.clusters[pool], return_counts=True)[1].max()) if len(pool) else 0
     _, ids = nearest_neighbours(descriptors, queries, pool, k + largest_model)
-    same_model = (ids < 0) | (db.clusters[np.clip(ids, 0, None)] == db.clusters[queries][:, None])
-    order = np.argsort(same_model, axis=1, kind="stable")  # valid ids first, rank order kept
-    ids = np.take_along_axis(np.where(same_model, -1, ids), order, axis=1)
-    return ids[:, :k]
+    return _drop_own_model(db, queries, ids)[:, :k]
+
+
+def negatives_from_distinct_models(db: TrainingDatabase, descriptors: Descriptors, queries: np.ndarray,
+                                   pool: np.ndarray, count: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """For each query, the nearest pool image of each of the ``count`` nearest other models.
+
+    Searches only as deep as needed: first ``4 count`` plus the largest model of the pool, then
+    4x deeper for the queries still short of ``count`` models, up to the whole pool. Returns
+    ``(chosen (Q, count) with -1 where the pool holds fewer models, {row: full ranking minus
+    the query's model}`` for those short rows).
+    """
+    queries = np.asarray(queries, dtype=np.int64)
+    chosen = np.full((len(queries), count), -1, dtype=np.int64)
+    short: dict[int, np.ndarray] = {}
+    if len(queries) == 0 or count == 0:
+        return chosen, short
+    searcher = PoolSearch(descriptors, pool)
+    largest_model = int(np.unique(db.clusters[pool], return_counts=True)[1].max())
+    depth, todo = min(len(pool), 4 * count + largest_model), np.arange(len(queries))
+    while len(todo):
+        _, ids = searcher.search(descriptors[queries[todo]], depth)
+        ranked = _drop_own_model(db, queries[todo], ids)
+        picked = first_per_model(db, ranked, count)
+        finished = (picked >= 0).all(axis=1) | (depth >= len(pool))
+        chosen[todo[finished]] = picked[finished]
+        short.update({int(todo[r]): ranked[r] for r in np.flatnonzero(finished & (picked < 0).any(axis=1))})
+        todo = todo[~finished]
+        depth = min(len(pool), 4 * depth)
+    return chosen, short
 
 
 def first_per_model(db: TrainingDatabase, ranked: np.ndarray, count: int) -> np.ndarray:

@@ -58,6 +58,9 @@ class TrainConfig:
     lr: float = 1e-5
     momentum: float = 0.9
     weight_decay: float = 1e-6
+    #: Learning-rate decay per epoch: lr_e = lr * exp(-lr_decay * e) (the authors' public code
+    #: uses exp(-0.01) per epoch); 0 keeps the rate constant.
+    lr_decay: float = 0.01
     #: Longest image side (pixels) for training and mining.
     image_size: int = 362
     freeze_bn: bool = True
@@ -65,14 +68,20 @@ class TrainConfig:
     whiten: str = "learned"
     whiten_dim: int | None = None
     device: str = "auto"
+    #: ``auto`` (bf16 autocast on a CUDA GPU that has it, else fp32), ``fp32``, ``bf16``, ``fp16``.
+    precision: str = "auto"
     seed: int = 0
-    #: Image-loading worker processes for the mining extraction.
-    num_workers: int = 0
+    #: Image-decoding worker processes (training steps and mining extraction); 0 = decode in
+    #: the training process.
+    num_workers: int = 2
     #: Batch size of the mining extraction.
     extract_batch_size: int = 8
-    #: CPU threads for torch (0: torch's default). On a shared, busy machine 1 is much faster
-    #: than a default that oversubscribes the cores.
+    #: CPU threads for torch per process (0: the CPUs this process may use, less one per worker;
+    #: see :func:`retrievalkit.device.compute_threads`).
     threads: int = 0
+    #: Checkpoint inside an epoch every this many seconds (``600``, ``10m``) or tuples (``200t``);
+    #: ``0``: only at the end of each epoch.
+    checkpoint_every: str = "10m"
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:

@@ -189,3 +189,36 @@ def test_first_per_model_keeps_rank_order(db):
 def test_assemble_tuples_drops_queries_without_a_positive():
     tuples = assemble_tuples(np.array([0, 1, 2]), np.array([3, -1, 4]), np.array([[5, 6], [7, 8], [9, 10]]))
     assert tuples.tolist() == [[0, 3, 5, 6], [2, 4, 9, 10]]
+
+
+def test_n2_searching_only_as_deep_as_needed_equals_ranking_the_whole_pool():
+    from retrievalkit.mining import negatives_from_distinct_models, ranked_negatives
+
+    generator = np.random.default_rng(5)
+    clusters = np.repeat(np.arange(40), generator.integers(1, 30, size=40))
+    vectors = generator.standard_normal((len(clusters), 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    big = TrainingDatabase(images=[f"{i}.jpg" for i in range(len(clusters))], clusters=clusters)
+    queries, pool = np.arange(0, len(clusters), 7), np.arange(len(clusters))
+    for count in (1, 5, 39, 45):   # 45 > 39 other models: every query is short and gets filled
+        whole = first_per_model(big, ranked_negatives(big, vectors, queries, pool, len(pool)), count)
+        grown, short = negatives_from_distinct_models(big, vectors, queries, pool, count)
+        assert grown.tolist() == whole.tolist(), count
+        assert (len(short) == len(queries)) == (count > 39)
+    mined = miner("n2").mine(queries, big, vectors, 45, rng())
+    assert (mined >= 0).all() and all(len(set(row)) == 45 for row in mined.tolist())
+
+
+def test_descriptor_rows_hold_only_the_extracted_images(db, descriptors):
+    from retrievalkit.mining import DescriptorRows
+
+    rows = DescriptorRows(np.array([0, 4, 6, 2]), descriptors[[0, 4, 6, 2]], len(db))
+    assert rows.shape == descriptors.shape
+    assert np.array_equal(rows[6], descriptors[6]) and np.array_equal(rows[np.array([2, 0])], descriptors[[2, 0]])
+    with pytest.raises(Exception, match="did not extract"):
+        rows[np.array([0, 5])]
+    assert np.array_equal(np.asarray(rows)[4], descriptors[4]) and not np.asarray(rows)[5].any()
+    # the miners take it where they take a dense matrix
+    assert miner("n1").mine(np.array([0]), db, rows, 2, rng(), pool=np.array([4, 6])).tolist() == [[6, 4]]
+    full = DescriptorRows(np.array([0, 1, 2, 3]), descriptors[:4], len(db))
+    assert list(miner("m1").mine(np.array([0]), db, full, rng())) == [2]

@@ -18,12 +18,15 @@ _SHOWN_FAILURES = 20
 @click.command("extract")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @model_options
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("descriptors.npz"),
-              show_default=True, help="Descriptors file to write (.npz); with --shard, the shard file.")
-@click.option("--format", "out_format", type=click.Choice(["npz", "h5"]), default="npz", show_default=True,
+@click.option("--out", type=click.Path(path_type=Path), default=Path("descriptors.npz"),
+              show_default=True, help="Descriptors file to write (.npz or .h5), store folder with --format shards, "
+                                      "or the shard file with --shard.")
+@click.option("--format", "out_format", type=click.Choice(["npz", "h5", "shards", "shards16"]), default="npz",
+              show_default=True,
               help="npz: retrievalkit's descriptors file; h5: hloc's global-feature HDF5 (one group per "
-                   "image name with 'global_descriptor'; needs h5py: pip install \"retrievalkit[hloc]\"). "
-                   "With h5 the default --out is descriptors.h5.")
+                   "image name with 'global_descriptor'; needs h5py: pip install \"retrievalkit[hloc]\"); "
+                   "shards / shards16: append a float32 / float16 shard to the store folder OUT "
+                   "(docs/search.md), for databases beyond RAM. With h5 the default --out is descriptors.h5.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Keep partial results in OUT-stem.partial.npz and continue from them after an interruption.")
 @click.option("--checkpoint-every", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,

@@ -56,20 +56,30 @@ _GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSou
 @click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True, help="Learning rate.")
 @click.option("--momentum", type=float, default=_DEFAULTS.momentum, show_default=True, help="SGD momentum.")
 @click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay, show_default=True)
+@click.option("--lr-decay", type=click.FloatRange(min=0), default=_DEFAULTS.lr_decay, show_default=True,
+              help="Learning rate of epoch e = lr * exp(-lr_decay * e) (the authors' schedule); 0: constant.")
 @click.option("--image-size", type=click.IntRange(min=32), default=_DEFAULTS.image_size, show_default=True,
               help="Longest image side (pixels) for training and mining.")
 @click.option("--freeze-bn/--train-bn", default=_DEFAULTS.freeze_bn, show_default=True,
-              help="Keep batch-norm statistics frozen (recommended: one image per forward pass).")
+              help="Keep batch-norm statistics frozen (recommended: a few images per forward pass give "
+                   "meaningless batch statistics).")
 @click.option("--whiten", default=_DEFAULTS.whiten, show_default=True, callback=component_callback("whitening"),
               help="Whitening learned after training on the mined pairs: learned, pca, none.")
 @click.option("--whiten-dim", type=click.IntRange(min=1), default=None,
               help="Output dimension of the whitening (default: all meaningful directions).")
 @click.option("--device", default=_DEFAULTS.device, show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=_DEFAULTS.precision,
+              show_default=True, help="auto: bf16 autocast on a CUDA GPU that has it, else fp32. fp16 adds a "
+                                      "gradient scaler. Reduced precision needs CUDA.")
 @click.option("--seed", type=int, default=_DEFAULTS.seed, show_default=True)
 @click.option("--workers", "num_workers", type=click.IntRange(min=0), default=_DEFAULTS.num_workers,
-              show_default=True, help="Image-decoding processes for the mining extraction.")
+              show_default=True, help="Image-decoding processes (training and mining); 0: decode in-process.")
 @click.option("--threads", type=click.IntRange(min=0), default=_DEFAULTS.threads, show_default=True,
-              help="CPU threads for torch (0: torch's default; 1 is faster on a busy shared machine).")
+              help="CPU threads for torch per process (0: the CPUs this process may use, by affinity, "
+                   "cgroup quota and OMP_NUM_THREADS, less one per worker).")
+@click.option("--checkpoint-every", default=_DEFAULTS.checkpoint_every, show_default=True,
+              help="Checkpoint inside an epoch every N seconds (600, 10m, 1h) or N tuples (200t); 0: only "
+                   "at the end of each epoch.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 @click.pass_context
 def command(ctx: click.Context, resume: bool, **options: object) -> None:
@@ -83,6 +93,7 @@ def command(ctx: click.Context, resume: bool, **options: object) -> None:
     rkit train --pooling mac --miner m3 --whiten learned
     rkit train --data runs/sfm --val photos/ --miner m3 --negatives n2 --epochs 10
     rkit train --run-dir runs/train --resume        (after an interruption)
+    torchrun --nproc-per-node 4 -m retrievalkit train --data runs/sfm   (4 GPUs)
     """
     from ..outputs import check_output_path
 
