@@ -11,10 +11,11 @@ from ..config import write_resolved_config
 
 @click.command("merge")
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Descriptors file to write (.npz, or .h5 with --format h5).")
-@click.option("--format", "out_format", type=click.Choice(["npz", "h5"]), default="npz", show_default=True,
-              help="npz: retrievalkit's descriptors file; h5: hloc's global-feature HDF5 (as `rkit extract --format`).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Descriptors file to write (.npz, or .h5 with --format h5; a store folder with --format shards).")
+@click.option("--format", "out_format", type=click.Choice(["npz", "h5", "shards", "shards16"]), default="npz",
+              show_default=True, help="Output format, as `rkit extract --format`: npz, h5 (hloc), shards/shards16 "
+                                      "(append to a descriptor store folder).")
 def command(shards: tuple[Path, ...], out: Path, out_format: str) -> None:
     """Merge the shard files of `rkit extract --shard K/N` into one descriptors file.
 
