@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .errors import OutputPathError
@@ -94,8 +94,8 @@ def _protected_reason(target: Path) -> str | None:
     return None
 
 
-def check_replaceable(folder: PathLike, command: str, *, overwrite: bool,
-                      option: str = "--out") -> bool:
+def check_replaceable(folder: PathLike, command: str, *, overwrite: bool, option: str = "--out",
+                      recognise: Callable[[Path], bool] | None = None) -> bool:
     """Decide whether the existing ``folder`` may be replaced by a new output of ``command``.
 
     Returns False when there is nothing to replace (``folder`` missing or an empty folder) and
@@ -103,6 +103,8 @@ def check_replaceable(folder: PathLike, command: str, *, overwrite: bool,
     carries the marker). Raises OutputPathError otherwise, saying why and what to do: the
     folder exists and ``overwrite`` is off; or it was not made by ``rkit {command}``; or it is
     the current folder, one of its parents, the home folder or the root (never replaced).
+    ``recognise`` also accepts a folder it returns True for as a previous output (one written
+    before markers existed, or a format with a manifest of its own).
     """
     path = Path(folder)
     if not path.exists() and not path.is_symlink():
@@ -118,6 +120,8 @@ def check_replaceable(folder: PathLike, command: str, *, overwrite: bool,
                               f"folder, delete it, or pass --overwrite to replace a previous "
                               f"output of `rkit {command}`.")
     found = output_marker(path) if path.is_dir() and not path.is_symlink() else None
+    if found is None and recognise is not None and path.is_dir() and recognise(path):
+        found = command
     if found != command:
         made_by = f"made by `rkit {found}`" if found else "not made by rkit"
         raise OutputPathError(f"{option} {folder} was {made_by} (it has no `rkit {command}` marker "

@@ -352,3 +352,15 @@ def test_report_on_an_ablation_with_a_non_numeric_field(tmp_path, capsys):
     doc["cells"][1]["per_query_ap"] = [0.5, "x"]
     (tmp_path / "results.json").write_text(json.dumps(doc))
     expect_error(capsys, "report", tmp_path, match="cell c2 has per_query_ap \"x\", not a number")
+
+
+def test_index_build_replaces_only_an_earlier_index(files, capsys):
+    mine = files / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    expect_error(capsys, "index", "build", files / "desc.npz", "--out", mine, match="not made by rkit")
+    assert (mine / "notes.txt").read_text() == "keep"
+    expect_error(capsys, "index", "build", files / "desc.npz", "--out", files, match="contains the input")
+    out = files / "desc.index"
+    assert run(capsys, "index", "build", files / "desc.npz", "--out", out, "--no-progress")[0] == 0
+    assert run(capsys, "index", "build", files / "desc.npz", "--out", out, "--no-progress")[0] == 0  # replaced

@@ -14,7 +14,8 @@ import click
 import numpy as np
 
 from ..errors import RkitError
-from ..searchindex import SearchIndex, check_descriptors, merge_partials, read_manifest
+from ..outputs import check_output_path, check_replaceable
+from ..searchindex import MANIFEST, SearchIndex, check_descriptors, merge_partials, read_manifest
 from ..store import ShardStore, ShardWriter, open_descriptors
 from .search import index_params_options, params_from, write_results
 
@@ -39,6 +40,8 @@ def group() -> None:
 def build(descriptors: Path, index_kind: str, nlist: int | None, pq_m: int | None, opq: bool, nprobe: int | None,
           rerank_k: int | None, train_size: int, n_shards: int, out: Path, progress: bool) -> None:
     """Train and fill an index over DESCRIPTORS (a .npz file or a store folder), streamed in blocks."""
+    check_output_path(out, [descriptors], folder=True)  # an existing index is replaced, nothing else
+    check_replaceable(out, "index build", overwrite=True, recognise=lambda folder: (folder / MANIFEST).is_file())
     started = time.perf_counter()
     params = params_from(index_kind, nlist, pq_m, opq, nprobe, rerank_k, train_size)
     index = SearchIndex.build(open_descriptors(descriptors), params, shards=n_shards, progress=progress)
@@ -96,6 +99,8 @@ def info(index_dir: Path) -> None:
               help="Write the results here (atomically) instead of to standard output.")
 def merge(parts: tuple[Path, ...], k: int, descriptors: Path | None, out_format: str, out: Path | None) -> None:
     """Merge PARTS (from `rkit search --use-shards ... --format npz`) into the exact top k."""
+    if out is not None:
+        check_output_path(out, [*parts, descriptors])
     scores, ids, names, meta = merge_partials(parts, k)
     source = open_descriptors(descriptors or meta["descriptors"])
     if source.count < meta.get("index_count", 0):
