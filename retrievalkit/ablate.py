@@ -31,7 +31,8 @@ Whitening is never learned on the images it is evaluated on:
 
 Grid axes (``--grid AXIS=V1,V2``): ``backbone``, ``weights``, ``pooling``, ``image_size``,
 ``scales`` (several scales of one cell joined by ``+``: ``1+0.707+0.5``), ``whiten``, ``dim``
-(an integer, or ``full``), and ``KIND.OPTION`` for one option of the chosen component
+(an integer, or ``full``), ``rerank`` (a re-ranking chain: ``none``, ``aqe``, ``dba+aqe``; see
+:mod:`retrievalkit.rerank`), and ``KIND.OPTION`` for one option of the chosen component
 (``pooling.p=2,3,4``, ``whiten.ridge=0.1,1``). Values are split on ``,``; component specs keep
 their options after ``:`` (``pooling=gem:p=4,mac``). Whitening ``none`` keeps every dimension,
 so cells that differ only in ``dim`` under ``whiten=none`` are one cell (``dim=full``).
@@ -71,6 +72,9 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "whiten": "none",
     "dim": "full",
 }
+#: Settings kept out of a cell's settings while they have their default (so cells, and their ids,
+#: stay what they were before the setting existed).
+OPTIONAL_SETTINGS: dict[str, str] = {"rerank": "none"}
 #: The settings that determine the descriptors (one extraction per distinct combination).
 EXTRACTION_KEYS: tuple[str, ...] = ("backbone", "weights", "pooling", "image_size", "scales")
 #: Settings that are component specs, with their kind (for ``KIND.OPTION`` axes).
@@ -87,7 +91,7 @@ def canonical_axis(name: str) -> str:
     """The axis ``name`` as stored (``image-size`` -> ``image_size``); unknown names are errors."""
     key = name.strip().lower()
     key = _ALIASES.get(key, key).replace("-", "_")
-    if key in DEFAULT_SETTINGS:
+    if key in DEFAULT_SETTINGS or key in OPTIONAL_SETTINGS:
         return key
     head, dot, option = key.partition(".")
     head = _ALIASES.get(head, head)
@@ -242,6 +246,9 @@ def _effective(base: Mapping[str, str], choice: Mapping[str, str]) -> dict[str, 
     if settings["whiten"].split(":")[0].strip().lower() == "none":
         settings["dim"] = "full"  # the identity keeps every dimension: dim does not apply
     settings["dim"] = "full" if settings["dim"].strip().lower() in _FULL_DIM else settings["dim"].strip()
+    for key, default in OPTIONAL_SETTINGS.items():
+        if settings.get(key, default).strip().lower() in ("", default):
+            settings.pop(key, None)
     return settings
 
 
@@ -252,7 +259,7 @@ def expand_grid(base: Mapping[str, str], grid: Mapping[str, Sequence[str]]) -> l
     resolved settings (e.g. ``whiten=none`` with different ``dim``, or ``rmac`` and
     ``rmac:levels=3`` when 3 is the default) are one cell.
     """
-    unknown = set(base) - set(DEFAULT_SETTINGS)
+    unknown = set(base) - set(DEFAULT_SETTINGS) - set(OPTIONAL_SETTINGS)
     if unknown:
         raise RkitError(f"unknown setting(s) {', '.join(sorted(unknown))}: use {', '.join(DEFAULT_SETTINGS)}")
     full_base = {**DEFAULT_SETTINGS, **{k: str(v) for k, v in base.items() if v is not None}}
@@ -445,8 +452,9 @@ def evaluate_cell(settings: Mapping[str, str], evaluation: _Collection, whitenin
     fit_key = dict(fit_key or {})
     fit_before = fits.fit_seconds
     spec, dim, x = settings["whiten"], parse_dim(settings["dim"]), evaluation.descriptors
+    rerank = settings.get("rerank", OPTIONAL_SETTINGS["rerank"])
     if ComponentSpec.parse(spec).name != "none" and whitening_set is None:
-        per_query, precision, out_dim, eval_s = _leave_one_class_out(spec, dim, evaluation, fits, fit_key)
+        per_query, precision, out_dim, eval_s = _leave_one_class_out(spec, dim, evaluation, fits, fit_key, rerank)
         protocol = "leave-one-class-out"
     else:
         if ComponentSpec.parse(spec).name == "none":
@@ -457,7 +465,7 @@ def evaluate_cell(settings: Mapping[str, str], evaluation: _Collection, whitenin
                                  lambda: WhiteningData.from_labels(whitening_set.descriptors, whitening_set.labels))
             projected, protocol, out_dim = fitted.apply(x), "separate whitening set", fitted.out_dim
         start = time.perf_counter()
-        result = evaluate_folder_collection(projected, evaluation.labels, names=evaluation.paths)
+        result = evaluate_folder_collection(projected, evaluation.labels, names=evaluation.paths, rerank=rerank)
         eval_s = time.perf_counter() - start
         per_query, precision = result.per_query_ap, result.per_query_precision
     return {**_summarise(per_query, precision, np.asarray(evaluation.labels)),
@@ -466,7 +474,8 @@ def evaluate_cell(settings: Mapping[str, str], evaluation: _Collection, whitenin
 
 
 def _leave_one_class_out(spec: str, dim: int | None, evaluation: _Collection, fits: WhiteningFits,
-                         fit_key: Mapping[str, Any]) -> tuple[np.ndarray, dict[Any, np.ndarray], int | None, float]:
+                         fit_key: Mapping[str, Any], rerank: str = "none",
+                         ) -> tuple[np.ndarray, dict[Any, np.ndarray], int | None, float]:
     """Per-query AP and precision, each class ranked with a whitening learned on the others."""
     from .evaluate import evaluate_folder_collection
     from .whitening import WhiteningData
@@ -480,7 +489,8 @@ def _leave_one_class_out(spec: str, dim: int | None, evaluation: _Collection, fi
         fitted = fits.fitted(spec, dim, {**fit_key, "train": f"all but {cls}"},
                              lambda: WhiteningData.from_labels(x[~held_out], labels[~held_out].tolist()))
         start = time.perf_counter()
-        result = evaluate_folder_collection(fitted.apply(x), evaluation.labels, names=evaluation.paths)
+        result = evaluate_folder_collection(fitted.apply(x), evaluation.labels, names=evaluation.paths,
+                                            rerank=rerank)
         eval_s += time.perf_counter() - start
         per_query[held_out] = result.per_query_ap[held_out]
         for k, values in result.per_query_precision.items():

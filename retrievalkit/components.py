@@ -35,6 +35,7 @@ PLURAL: dict[str, str] = {
     "whitening": "whitenings",
     "miner": "miners",
     "loss": "losses",
+    "reranker": "rerankers",
 }
 KINDS: tuple[str, ...] = tuple(PLURAL)
 

@@ -28,9 +28,9 @@ import numpy as np
 from .datasets import folder_labels  # noqa: F401 (re-exported: labels are read in datasets.py)
 from .descriptors import check_finite
 from .errors import RkitError
-from .index import rank_all_scored
 from .metrics import (DEFAULT_KS, _membership, average_precision, precision_at_k,  # noqa: F401 (re-exported)
                       ranking_statistics)
+from .rerank import rank as rerank_rank
 
 if TYPE_CHECKING:
     from .datasets import RevisitedDataset
@@ -132,12 +132,13 @@ def _result(rankings: np.ndarray, is_positive: np.ndarray, is_junk: np.ndarray |
 # --------------------------------------------------------------------------------------------
 def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashable], *,
                                ks: Sequence[int] = DEFAULT_KS, names: Sequence[str] | None = None,
-                               top: int = RANKINGS_TOP) -> EvaluationResult:
+                               top: int = RANKINGS_TOP, rerank: str | None = None) -> EvaluationResult:
     """Every image is a query once against all the others (docs/definitions.md §5).
 
     The positives of image ``i`` are the other images with the same label; ``i`` itself is left
     out of its ranking, so rankings are ``(N, N - 1)``. Images alone in their class have no
     positives and are left out of the means. ``per_class_ap`` gives the mean AP per label.
+    ``rerank``: a re-ranking chain such as ``dba+aqe`` (:mod:`retrievalkit.rerank`).
     """
     descriptors = np.asarray(descriptors)
     if descriptors.ndim != 2 or descriptors.shape[0] != len(labels):
@@ -153,7 +154,7 @@ def evaluate_folder_collection(descriptors: np.ndarray, labels: Sequence[Hashabl
             "every image is alone in its class, so no query has a positive: put the images of "
             "one place in one folder (labels come from the parent folder name)"
         )
-    rankings, scores = rank_all_scored(descriptors, descriptors, exclude_self=True, top=top)
+    rankings, scores = rerank_rank(descriptors, descriptors, rerank, exclude_self=True, top=top)
     is_positive = codes[rankings] == codes[:, None]
     names = list(names) if names is not None else [str(i) for i in range(len(labels))]
     result = _result(rankings, is_positive, None, counts[codes] - 1, ks, names, "all", scores, top)
@@ -194,7 +195,7 @@ def evaluate_rankings(rankings: np.ndarray, positives: Sequence[Sequence[int]],
 def evaluate_revisited(dataset: RevisitedDataset, queries: np.ndarray, database: np.ndarray, *,
                        query_ids: Sequence[int] | None = None, database_ids: Sequence[int] | None = None,
                        settings: Sequence[str] | None = None, ks: Sequence[int] = DEFAULT_KS,
-                       top: int = RANKINGS_TOP) -> dict[str, EvaluationResult]:
+                       top: int = RANKINGS_TOP, rerank: str | None = None) -> dict[str, EvaluationResult]:
     """Evaluate a revisited (or classic) Oxford/Paris-style dataset, one result per setting.
 
     Args:
@@ -205,6 +206,7 @@ def evaluate_revisited(dataset: RevisitedDataset, queries: np.ndarray, database:
             subset ``database_ids``.
         settings: which settings; default all the ground truth supports
             (:meth:`RevisitedDataset.settings`).
+        rerank: a re-ranking chain such as ``dba+aqe`` (:mod:`retrievalkit.rerank`).
     """
     n_images, n_queries = len(dataset.images), len(dataset.queries)
     query_ids = np.arange(n_queries) if query_ids is None else np.asarray(query_ids, dtype=np.int64)
@@ -217,7 +219,7 @@ def evaluate_revisited(dataset: RevisitedDataset, queries: np.ndarray, database:
             f"{len(query_ids)} queries and {len(database_ids)} images given: extract them from the "
             f"dataset's query and image lists"
         )
-    local, local_scores = rank_all_scored(database, queries, top=top)   # rows of `database`
+    local, local_scores = rerank_rank(database, queries, rerank, top=top)   # rows of `database`
     width = local.shape[1]
     rankings = np.full((n_queries, width), -1, dtype=np.int64)
     rankings[query_ids] = database_ids[local]
@@ -365,9 +367,17 @@ def _settings_table(evaluation: Evaluation) -> list[str]:
     return lines
 
 
+def _rerank_info(rerank: str | None) -> dict[str, str]:
+    """``{"rerank": spec}`` for the report when a re-ranking chain is used."""
+    from .rerank import as_chain
+
+    chain = as_chain(rerank)
+    return {"rerank": str(chain)} if chain is not None else {}
+
+
 def evaluate_descriptors(descriptors: DescriptorSet, labels: Sequence[Hashable] | None = None, *,
                          ks: Sequence[int] = DEFAULT_KS, source: str | None = None,
-                         top: int = RANKINGS_TOP) -> Evaluation:
+                         top: int = RANKINGS_TOP, rerank: str | None = None) -> Evaluation:
     """Evaluate a folder collection: every image queries all the others (``rkit eval FILE``).
 
     Args:
@@ -377,16 +387,18 @@ def evaluate_descriptors(descriptors: DescriptorSet, labels: Sequence[Hashable] 
             (:func:`retrievalkit.datasets.folder_labels`).
         ks: the cut-offs of mP@k.
         source: what to call the collection in the report (default: its meta's ``source``).
+        rerank: a re-ranking chain such as ``dba+aqe`` (:mod:`retrievalkit.rerank`).
     """
     labels = list(folder_labels(descriptors.paths) if labels is None else labels)
     source = source if source is not None else str(descriptors.meta.get("source", ""))
     check_finite(descriptors.descriptors, source or "the descriptors", paths=descriptors.paths)
     started = time.perf_counter()
-    result = evaluate_folder_collection(descriptors.descriptors, labels, ks=ks, names=descriptors.paths, top=top)
+    result = evaluate_folder_collection(descriptors.descriptors, labels, ks=ks, names=descriptors.paths, top=top,
+                                        rerank=rerank)
     seconds = time.perf_counter() - started
     sizes = Counter(str(label) for label in labels)
     info = {"source": source, "images": len(descriptors), "classes": len(sizes), "dim": descriptors.dim,
-            "class_sizes": {c: sizes[c] for c in sorted(sizes)}}
+            "class_sizes": {c: sizes[c] for c in sorted(sizes)}, **_rerank_info(rerank)}
     return Evaluation("folder", {"all": result}, info, list(descriptors.paths), list(descriptors.paths),
                       root=descriptors.meta.get("root"), seconds=seconds,
                       meta={"source": source, "descriptors_meta": descriptors.meta})
@@ -395,7 +407,7 @@ def evaluate_descriptors(descriptors: DescriptorSet, labels: Sequence[Hashable] 
 def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries: DescriptorSet, *,
                      ks: Sequence[int] = DEFAULT_KS, settings: Sequence[str] | None = None,
                      top: int = RANKINGS_TOP, distractors: DescriptorSet | None = None,
-                     distractor_index: str = "flat") -> Evaluation:
+                     distractor_index: str = "flat", rerank: str | None = None) -> Evaluation:
     """Evaluate a revisited (or classic) Oxford/Paris dataset (``rkit eval --dataset NAME``).
 
     Descriptors are matched to the dataset by file name (:meth:`RevisitedDataset.match`), in any
@@ -408,6 +420,7 @@ def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries
         queries: descriptors of its queries, cropped to their boxes.
         distractors: descriptors added to the database, never relevant (R1M protocol,
             :mod:`retrievalkit.distractors`), searched with a faiss ``distractor_index``.
+        rerank: a re-ranking chain such as ``dba+aqe`` (:mod:`retrievalkit.rerank`).
 
     Raises:
         RkitError: no descriptor matches an image (or a query) of the dataset.
@@ -430,7 +443,10 @@ def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries
     started = time.perf_counter()
     if distractors is None:
         results = evaluate_revisited(dataset, queries.descriptors[query_rows], database.descriptors[database_rows],
-                                     query_ids=query_ids, database_ids=database_ids, settings=settings, ks=ks, top=top)
+                                     query_ids=query_ids, database_ids=database_ids, settings=settings, ks=ks, top=top,
+                                     rerank=rerank)
+    elif _rerank_info(rerank):
+        raise RkitError("--rerank with --distractors is not supported yet: leave one of them out")
     else:   # the R1M protocol: retrievalkit/distractors.py
         from .distractors import evaluate_distractor_set
 
@@ -440,7 +456,7 @@ def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries
     seconds = time.perf_counter() - started
     protocol = "revisited" if dataset.is_revisited else "classic"
     info = {"dataset": dataset.name, "images": len(dataset.images), "queries": len(dataset.queries),
-            "dim": database.dim, "missing_images": missing_db, "missing_queries": missing_q}
+            "dim": database.dim, "missing_images": missing_db, "missing_queries": missing_q, **_rerank_info(rerank)}
     meta = {"dataset": dataset.name, "query_crops": [list(b) if b else None for b in dataset.boxes],
             "descriptors_meta": database.meta}
     database_paths = dataset.image_paths()

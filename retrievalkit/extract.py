@@ -6,19 +6,35 @@ image and every scale it resizes the image so that its longest side is ``image_s
 pooling and L2-normalises (:meth:`RetrievalModel.pooled`). The scales of one image are then
 combined (docs/definitions.md §1): by the generalised mean with the pooling's exponent ``p`` when the
 pooling has one (GeM), by the arithmetic mean otherwise, then L2-normalised; finally the model's
-own whitening layer, if any, is applied and the result re-normalised (:meth:`RetrievalModel.whiten`).
-Whitening is linear, so combining before it is the same as the usual "mean of whitened
-descriptors" up to the normalisation, and keeps the generalised mean on non-negative values.
+own whitening layer, if any, and a whitening file (``whitening=``), if given, are applied
+(both re-normalise). Whitening is linear, so combining before it is the same as the usual "mean
+of whitened descriptors" up to the normalisation, and keeps the generalised mean on
+non-negative values.
+
+The stages, one function each: :func:`plan_extraction` (read every image's size from its
+header; unreadable files are failures), :func:`plan_batches` (which items go through the network
+together), :func:`run_batches` (decode, forward, check, checkpoint) and
+:func:`finish_descriptors` (combine scales, whiten, check). :func:`pool_share` runs the first
+three for one share of the batches: the whole set, one ``--shard K/N``, or one rank of a
+``torchrun`` job (:mod:`retrievalkit.shards` gathers and merges the shares).
 
 Batching. Images are decoded and resized by a ``torch.utils.data.DataLoader`` (``num_workers``
 processes) and only images whose resized shape is *identical* are stacked into one batch
-(:func:`group_batches`). Images of one camera share a shape, so a photo collection forms a few
-large groups; an image with a unique shape is run alone. We chose this over padding (zeros
-change MAC and SPoC, and GeM through the clamp) and over resizing a group to a common size
-(distorts the aspect ratio), so the descriptor of an image never depends on its batch-mates.
+(:func:`group_batches`), so the descriptor of an image never depends on its batch-mates (no
+padding, no distortion). A batch holds at most ``batch_size`` images and at most
+``max_batch_pixels`` pixels: large images go through in small batches (at 1024 px, two photos),
+small ones in large batches (at 448 px, up to 13). On CPU every activation of a large batch is
+a fresh block of memory from the kernel: glibc serves blocks above its mmap threshold (at most
+32 MB) with a new mapping that is zero-filled page by page on first touch and unmapped on free,
+so a batch of 16 images at 1024 px spent more time in page faults than in convolutions and
+peaked at 4-5 GB. :func:`retrievalkit.memory.reuse_freed_memory` keeps freed blocks in the
+process for the time of the extraction, and the pixel budget bounds the peak (see
+docs/extraction.md for the measurements).
 
 Bad images. Files that are missing, corrupt, truncated or too small are listed in
-:attr:`ExtractionResult.failed` with the reason and skipped; they never abort the run.
+:attr:`ExtractionResult.failed` with the reason and skipped; they never abort the run. A
+network output that is not finite (NaN or infinity, e.g. an overflowing pooling) is refused
+with a clear error, never written.
 
 Resume. With ``checkpoint=PATH`` the finished (image, scale) vectors are saved to ``PATH`` every
 ``checkpoint_every`` seconds and when the run is interrupted; a new run with the same images,
@@ -32,8 +48,9 @@ import hashlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,56 +58,24 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
-from .descriptors import l2_normalize
+from .descriptors import NonFiniteDescriptorsError, check_finite, l2_normalize
 from .device import resolve_device
 from .errors import RkitError
 from .functional import generalized_mean
-from .images import (Box, ImageLoadError, image_size as read_image_size, is_image_file, load_rgb,
+from .images import (Box, ImageLoadError, image_size as read_image_size, list_images, load_rgb,  # noqa: F401
                      resize_rgb, resized_shape, scaled_longest, to_uint8_array)
+from .memory import reuse_freed_memory
 from .model import RetrievalModel
 
+if TYPE_CHECKING:
+    from .whitening import FittedWhitening
+
 CHECKPOINT_FORMAT = 1
+#: Most pixels (height x width, summed over the images) in one forward pass by default.
+DEFAULT_BATCH_PIXELS = 2**21
 
-
-# -- listing images ---------------------------------------------------------------------------
-def list_images(source: str | Path) -> tuple[Path, list[str]]:
-    """The images named by ``source`` as ``(root, paths relative to root)``.
-
-    ``source`` is a folder (searched recursively for :data:`~retrievalkit.images.IMAGE_EXTENSIONS`,
-    hidden files and folders skipped, sorted by path), a single image file, or a text file with
-    one path per line (relative to the list file's folder or absolute; blank lines and lines
-    starting with ``#`` ignored; order kept).
-    """
-    source = Path(source)
-    if source.is_dir():
-        root = source
-        paths = sorted(
-            p.relative_to(root).as_posix()
-            for p in root.rglob("*")
-            if p.is_file() and is_image_file(p)
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        )
-        if not paths:
-            raise RkitError(
-                f"no images under {source} (looked for files ending in .jpg, .png, .tif, .bmp, .webp "
-                f"...): point to a folder of images or to a text file listing image paths"
-            )
-        return root, paths
-    if not source.exists():
-        raise RkitError(f"{source} does not exist: give a folder of images or a text file with one image path per line")
-    if is_image_file(source):
-        return source.parent, [source.name]
-    try:
-        lines = source.read_text(encoding="utf-8").splitlines()
-    except (UnicodeDecodeError, OSError) as exc:
-        raise RkitError(
-            f"cannot read {source} as a list of image paths ({exc}): give a folder of images or a "
-            f"UTF-8 text file with one path per line"
-        ) from None
-    paths = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    if not paths:
-        raise RkitError(f"the list file {source} names no images: write one image path per line")
-    return source.parent, paths
+#: (image index, scale index) -> the pooled, L2-normalised vector of that image at that scale
+Pooled = dict[tuple[int, int], np.ndarray]
 
 
 # -- the result -------------------------------------------------------------------------------
@@ -126,17 +111,23 @@ class _Item:
     shape: tuple[int, int]  # (height, width) after resizing
 
 
-def group_batches(shapes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+def group_batches(shapes: Sequence[tuple[int, int]], batch_size: int,
+                  max_pixels: int | None = None) -> list[list[int]]:
     """Batches of item indices such that every batch holds items of one identical shape.
 
     Items keep their input order inside a shape group; each group is cut into chunks of at most
-    ``batch_size``; batches are ordered by their first item so progress follows the input.
+    ``batch_size`` items and, when ``max_pixels`` is given, at most ``max_pixels`` pixels (never
+    fewer than one item); batches are ordered by their first item so progress follows the input.
     """
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, shape in enumerate(shapes):
         groups[tuple(shape)].append(index)
-    batches = [members[i:i + batch_size] for members in groups.values()
-               for i in range(0, len(members), max(1, batch_size))]
+    batches = []
+    for (height, width), members in groups.items():
+        size = max(1, batch_size)
+        if max_pixels is not None:
+            size = max(1, min(size, max_pixels // max(1, height * width)))
+        batches += [members[i:i + size] for i in range(0, len(members), size)]
     return sorted(batches, key=lambda batch: batch[0])
 
 
@@ -172,7 +163,7 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-# -- checkpoints --------------------------------------------------------------------------------
+# -- checkpoints and shard files: pooled vectors on disk ---------------------------------------------
 def partial_path(out: str | Path) -> Path:
     """The resume checkpoint of the descriptors file ``out``: ``NAME.npz`` -> ``NAME.partial.npz``."""
     out = Path(out)
@@ -189,33 +180,45 @@ def _fingerprint(model: RetrievalModel, files: Sequence[str], crops: Sequence[Bo
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _load_checkpoint(path: Path, fingerprint: str) -> tuple[dict[tuple[int, int], np.ndarray], dict[int, str]]:
-    if not path.is_file():
-        return {}, {}
+def load_pooled(path: Path, what: str = "extraction checkpoint") -> tuple[dict[str, Any], Pooled, dict[int, str]]:
+    """Read a file of pooled vectors (a checkpoint or a shard): ``(header, pooled, failed)``."""
     try:
         with np.load(path, allow_pickle=False) as data:
             header = json.loads(str(data["header"]))
             keys, vectors = data["keys"], data["vectors"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise RkitError(f"cannot read the extraction checkpoint {path} ({exc}): delete it to start over") from None
+        pooled = {(int(i), int(s)): vectors[row] for row, (i, s) in enumerate(keys)}
+        failed = {int(k): str(v) for k, v in header.get("failed", {}).items()}
+    except KeyError as exc:
+        raise RkitError(f"{path} is not an {what} ({exc.args[0] if exc.args else exc}): give a file that "
+                        f"`rkit extract` wrote as one") from None
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise RkitError(f"cannot read the {what} {path} ({type(exc).__name__}: {exc}): delete it and run "
+                        f"the extraction again") from None
+    except Exception as exc:  # zipfile.BadZipFile and friends: a truncated file
+        raise RkitError(f"the {what} {path} is damaged ({type(exc).__name__}: {exc}): delete it and run "
+                        f"the extraction again") from None
+    return header, pooled, failed
+
+
+def save_pooled(path: Path, header: dict[str, Any], pooled: Pooled, failed: dict[int, str]) -> None:
+    """Write pooled vectors atomically (the checkpoint and shard format, see :func:`load_pooled`)."""
+    keys = np.array(list(pooled), dtype=np.int64).reshape(-1, 2)
+    vectors = np.stack(list(pooled.values())).astype(np.float32) if pooled else np.zeros((0, 0), np.float32)
+    header = {"format": CHECKPOINT_FORMAT, **header, "failed": {str(k): v for k, v in failed.items()}}
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, keys=keys, vectors=vectors, header=np.asarray(json.dumps(header)))
+
+
+def _resume(path: Path | None, fingerprint: str) -> tuple[Pooled, dict[int, str]]:
+    if path is None or not path.is_file():
+        return {}, {}
+    header, pooled, failed = load_pooled(path)
     if header.get("fingerprint") != fingerprint:
         raise RkitError(
             f"the checkpoint {path} belongs to another extraction (different images, sizes or model): "
             f"delete it, or write the output elsewhere"
         )
-    done = {(int(i), int(s)): vectors[row] for row, (i, s) in enumerate(keys)}
-    failed = {int(k): v for k, v in header.get("failed", {}).items()}
-    return done, failed
-
-
-def _save_checkpoint(path: Path, fingerprint: str, done: dict[tuple[int, int], np.ndarray],
-                     failed: dict[int, str]) -> None:
-    keys = np.array(list(done), dtype=np.int64).reshape(-1, 2)
-    vectors = np.stack(list(done.values())).astype(np.float32) if done else np.zeros((0, 0), np.float32)
-    header = json.dumps({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint,
-                         "failed": {str(k): v for k, v in failed.items()}})
-    with atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, keys=keys, vectors=vectors, header=np.asarray(header))
+    return pooled, failed
 
 
 # -- combining scales --------------------------------------------------------------------------------
@@ -258,7 +261,201 @@ def pooling_exponent(model: RetrievalModel) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
-# -- extraction ----------------------------------------------------------------------------------
+# -- stage 1: plan ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class ExtractionPlan:
+    """What to compute: the (image, scale) items with their resized shapes, and header failures."""
+
+    paths: list[str]
+    files: list[str]
+    crops: list[Box | None]
+    image_size: int
+    scales: list[float]
+    items: list[_Item]
+    failed: dict[int, str]
+
+    def fingerprint(self, model: RetrievalModel) -> str:
+        """A hash of the images, crops, sizes and model (weights included)."""
+        return _fingerprint(model, self.files, self.crops, self.image_size, self.scales)
+
+
+def plan_extraction(paths: Sequence[str | Path], *, root: Path | None = None, image_size: int = 1024,
+                    scales: Sequence[float] = (1.0,), crops: Sequence[Box | None] | None = None) -> ExtractionPlan:
+    """Check the arguments and read every image's size (header only); unreadable files fail here."""
+    paths = [str(p) for p in paths]
+    scales = [float(s) for s in scales]
+    if not scales:
+        raise RkitError("no scales given: use e.g. --scales 1 or --scales 1,0.707,0.5")
+    if crops is not None and len(crops) != len(paths):
+        raise RkitError(f"{len(crops)} crop boxes for {len(paths)} images: give one box (or None) per image")
+    crops = list(crops) if crops is not None else [None] * len(paths)
+    longest = [scaled_longest(image_size, s) for s in scales]
+    files = [str(Path(root) / p) if root is not None else p for p in paths]
+    failed: dict[int, str] = {}
+    items: list[_Item] = []
+    for index, (file, crop) in enumerate(zip(files, crops)):
+        try:
+            width, height = read_image_size(file, crop)
+        except ImageLoadError as exc:
+            failed[index] = str(exc)
+            continue
+        items += [_Item(index, s, file, crop, resized_shape(width, height, side)) for s, side in enumerate(longest)]
+    return ExtractionPlan(paths, files, crops, image_size, scales, items, failed)
+
+
+def plan_batches(items: Sequence[_Item], batch_size: int, max_pixels: int | None = DEFAULT_BATCH_PIXELS,
+                 share: tuple[int, int] = (0, 1)) -> list[list[int]]:
+    """The batches of ``items`` (indices) that share ``(k, n)`` computes: every n-th from the k-th.
+
+    The batches are those of the whole set (:func:`group_batches`), so an item goes through the
+    network with the same batch-mates whichever share runs it: n shares (ranks) give exactly the
+    descriptors of one process.
+    """
+    if batch_size < 1:
+        raise RkitError(f"batch size must be at least 1, got {batch_size}")
+    if max_pixels is not None and max_pixels < 1:
+        raise RkitError(f"the pixel budget of a batch must be positive, got {max_pixels}")
+    k, n = share
+    return group_batches([item.shape for item in items], batch_size, max_pixels)[k::n]
+
+
+# -- stage 2: run the network ------------------------------------------------------------------------------
+def _checked(pooled: torch.Tensor, items: Sequence[_Item], model: RetrievalModel) -> np.ndarray:
+    """The batch's vectors as float32 NumPy, refusing NaN or infinity (a model or pooling overflow)."""
+    vectors = pooled.float().cpu().numpy()
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        names = ", ".join(Path(items[row].file).name for row in np.flatnonzero(bad)[:3])
+        raise NonFiniteDescriptorsError(
+            f"the network gave non-finite (NaN or infinite) descriptors for {int(bad.sum())} image(s) ({names}) "
+            f"with {model.config.backbone} and pooling {model.config.pooling}: an activation or the pooling "
+            f"overflows; check the weights, or use a smaller pooling exponent (e.g. gem:p=3). Nothing was written"
+        )
+    return vectors
+
+
+def run_batches(model: RetrievalModel, items: Sequence[_Item], batches: Sequence[Sequence[int]], *,
+                device: torch.device, num_workers: int, pooled: Pooled, failed: dict[int, str],
+                progress: tqdm, save: Callable[[], None] | None = None, checkpoint_every: float = 60.0) -> None:
+    """Decode and run ``batches`` of ``items`` through ``model``; results go into ``pooled``/``failed``.
+
+    ``save`` (if given) is called every ``checkpoint_every`` seconds and on any interruption or
+    error, so finished work is never lost.
+    """
+    loader = DataLoader(
+        _ItemDataset(items), batch_sampler=batches, collate_fn=_collate,
+        num_workers=num_workers if len(batches) > 1 else 0,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        pin_memory=device.type == "cuda",
+    )
+    last_save = time.monotonic()
+    try:
+        with torch.inference_mode(), reuse_freed_memory():
+            for indices, batch, bad in loader:
+                for item_index, reason in bad:
+                    failed.setdefault(items[item_index].image, reason)
+                if batch is not None:
+                    images = batch.to(device, non_blocking=True).float().div_(255.0)
+                    vectors = _checked(model.pooled(images), [items[i] for i in indices], model)
+                    for row, item_index in enumerate(indices):
+                        pooled[(items[item_index].image, items[item_index].scale)] = vectors[row]
+                progress.update(len(indices) + len(bad))
+                if save is not None and time.monotonic() - last_save > checkpoint_every:
+                    save()
+                    last_save = time.monotonic()
+    except BaseException:
+        if save is not None:
+            save()
+        raise
+
+
+@dataclasses.dataclass
+class PooledShare:
+    """What one share of an extraction computed: its plan, pooled vectors and failures."""
+
+    plan: ExtractionPlan
+    pooled: Pooled
+    failed: dict[int, str]
+    fingerprint: str
+    seconds: float
+
+
+def pool_share(model: RetrievalModel, plan: ExtractionPlan, *, share: tuple[int, int] = (0, 1),
+               batch_size: int = 16, max_batch_pixels: int | None = DEFAULT_BATCH_PIXELS,
+               device: str | torch.device = "auto", num_workers: int = 2, progress: bool = True,
+               checkpoint: str | Path | None = None, checkpoint_every: float = 60.0) -> PooledShare:
+    """Run the network over share ``(k, n)`` of the plan's batches, resuming from ``checkpoint``.
+
+    Header failures are reported by the share whose number is the image index modulo n (each
+    failure exactly once over the shares).
+    """
+    started = time.perf_counter()
+    k, n = share
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    failed = {i: reason for i, reason in plan.failed.items() if i % n == k}
+    checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+    fingerprint = plan.fingerprint(model)
+    pooled, previously_failed = _resume(checkpoint_path, fingerprint)
+    failed.update(previously_failed)
+    batches = plan_batches(plan.items, batch_size, max_batch_pixels, share)
+    to_do = lambda item: (item.image, item.scale) not in pooled and item.image not in failed  # noqa: E731
+    todo_batches = [kept for kept in ([i for i in batch if to_do(plan.items[i])] for batch in batches) if kept]
+    mine, todo = sum(map(len, batches)), sum(map(len, todo_batches))
+    save = None
+    if checkpoint_path is not None:
+        save = lambda: save_pooled(checkpoint_path, {"fingerprint": fingerprint}, pooled, failed)  # noqa: E731
+    was_training = model.training
+    model.eval()
+    model.to(torch_device)
+    bar = tqdm(total=mine, initial=mine - todo, unit="img", disable=not progress,
+               desc="extract" if len(plan.scales) == 1 else f"extract ({len(plan.scales)} scales)", dynamic_ncols=True)
+    try:
+        run_batches(model, plan.items, todo_batches, device=torch_device, num_workers=num_workers, pooled=pooled,
+                    failed=failed, progress=bar, save=save, checkpoint_every=checkpoint_every)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return PooledShare(plan, pooled, failed, fingerprint, time.perf_counter() - started)
+
+
+# -- stage 3: combine, whiten, check -----------------------------------------------------------------------
+def finish_descriptors(model: RetrievalModel, plan: ExtractionPlan, pooled: Pooled, failed: dict[int, str],
+                       whitening: FittedWhitening | None = None, seconds: float = 0.0) -> ExtractionResult:
+    """Combine each image's scales, apply the model's whitening layer and ``whitening``, check.
+
+    The one place descriptors are finished, whether the pooled vectors come from this process,
+    from the ranks of a ``torchrun`` job or from shard files.
+    """
+    num_scales = len(plan.scales)
+    kept = [i for i in range(len(plan.paths))
+            if i not in failed and all((i, s) in pooled for s in range(num_scales))]
+    out_dim = whitening.out_dim if whitening is not None else model.out_dim
+    descriptors = np.zeros((0, out_dim), dtype=np.float32)
+    if kept:
+        per_scale = torch.from_numpy(np.stack([np.stack([pooled[(i, s)] for i in kept]) for s in range(num_scales)]))
+        combined = combine_scales(per_scale, pooling_exponent(model))
+        with torch.inference_mode():
+            descriptors = model.whiten(combined).float().numpy()
+        if whitening is not None:
+            descriptors = whitening.apply(descriptors)
+        check_finite(descriptors, "the extraction", paths=[plan.paths[i] for i in kept],
+                     hint="the model or whitening overflows; nothing was written")
+    return ExtractionResult(
+        descriptors=np.ascontiguousarray(descriptors, dtype=np.float32),
+        paths=[plan.paths[i] for i in kept],
+        failed=[(plan.paths[i], failed[i]) for i in sorted(failed)],
+        seconds=seconds,
+    )
+
+
+def check_whitening_fits(model: RetrievalModel, whitening: FittedWhitening | None, name: str = "the whitening") -> None:
+    """Refuse a whitening whose input dimension is not the model's output dimension."""
+    if whitening is not None and whitening.in_dim != model.out_dim:
+        raise RkitError(f"{name} whitens {whitening.in_dim}-D descriptors but this model gives "
+                        f"{model.out_dim}-D ones: fit the whitening on descriptors of the same model")
+
+
+# -- the whole extraction --------------------------------------------------------------------------------
 def extract_descriptors(
     model: RetrievalModel,
     paths: Sequence[str | Path],
@@ -273,6 +470,9 @@ def extract_descriptors(
     crops: Sequence[Box | None] | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: float = 60.0,
+    whitening: FittedWhitening | None = None,
+    max_batch_pixels: int | None = DEFAULT_BATCH_PIXELS,
+    distributed: bool = False,
 ) -> ExtractionResult:
     """Descriptors of ``paths`` with ``model`` (see the module docstring for what is computed).
 
@@ -289,103 +489,33 @@ def extract_descriptors(
         crops: per path, a box ``(x1, y1, x2, y2)`` in original pixels or ``None``.
         checkpoint: file to save partial results to and resume from (see module docstring).
         checkpoint_every: seconds between checkpoint saves.
+        whitening: a fitted whitening (``rkit whiten fit``) applied to the finished descriptors.
+        max_batch_pixels: most pixels in one forward pass (``None``: only ``batch_size`` counts).
+        distributed: split the batches over the ranks of the initialised ``torch.distributed``
+            process group (``torchrun``) and gather them; every rank returns the full result
+            (see :mod:`retrievalkit.shards`). Each rank checkpoints to its own file.
 
     Returns:
         An :class:`ExtractionResult` (the successful images in input order, and the failures).
     """
     started = time.perf_counter()
-    paths = [str(p) for p in paths]
-    scales = [float(s) for s in scales]
-    if not scales:
-        raise RkitError("no scales given: use e.g. --scales 1 or --scales 1,0.707,0.5")
-    if batch_size < 1:
-        raise RkitError(f"batch size must be at least 1, got {batch_size}")
-    if crops is not None and len(crops) != len(paths):
-        raise RkitError(f"{len(crops)} crop boxes for {len(paths)} images: give one box (or None) per image")
-    crops = list(crops) if crops is not None else [None] * len(paths)
-    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    longest = [scaled_longest(image_size, s) for s in scales]
-    files = [str(Path(root) / p) if root is not None else p for p in paths]
+    check_whitening_fits(model, whitening)
+    plan = plan_extraction(paths, root=root, image_size=image_size, scales=scales, crops=crops)
+    share = (0, 1)
+    if distributed:
+        from .shards import distributed_share, rank_checkpoint
 
-    failed: dict[int, str] = {}
-    items: list[_Item] = []
-    for index, (file, crop) in enumerate(zip(files, crops)):
-        try:
-            width, height = read_image_size(file, crop)
-        except ImageLoadError as exc:
-            failed[index] = str(exc)
-            continue
-        for scale_index, side in enumerate(longest):
-            items.append(_Item(index, scale_index, file, crop, resized_shape(width, height, side)))
+        share = distributed_share()
+        checkpoint = rank_checkpoint(checkpoint, share) if checkpoint is not None else None
+    result = pool_share(model, plan, share=share, batch_size=batch_size, max_batch_pixels=max_batch_pixels,
+                        device=device, num_workers=num_workers, progress=progress, checkpoint=checkpoint,
+                        checkpoint_every=checkpoint_every)
+    pooled, failed = result.pooled, result.failed
+    if share[1] > 1:
+        from .shards import gather_share
 
-    fingerprint = ""
-    done: dict[tuple[int, int], np.ndarray] = {}
-    checkpoint_path = Path(checkpoint) if checkpoint is not None else None
-    if checkpoint_path is not None:
-        fingerprint = _fingerprint(model, files, crops, image_size, scales)
-        done, previously_failed = _load_checkpoint(checkpoint_path, fingerprint)
-        failed.update(previously_failed)
-    todo = [item for item in items if (item.image, item.scale) not in done and item.image not in failed]
-    batches = group_batches([item.shape for item in todo], batch_size)
-
-    was_training = model.training
-    model.eval()
-    model.to(torch_device)
-    loader = DataLoader(
-        _ItemDataset(todo), batch_sampler=batches, collate_fn=_collate,
-        num_workers=num_workers if len(batches) > 1 else 0,
-        worker_init_fn=_worker_init if num_workers > 0 else None,
-        pin_memory=torch_device.type == "cuda",
-    )
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="img", disable=not progress,
-               desc="extract" if len(scales) == 1 else f"extract ({len(scales)} scales)", dynamic_ncols=True)
-    last_save = time.monotonic()
-    try:
-        with torch.inference_mode():
-            for indices, batch, bad in loader:
-                for item_index, reason in bad:
-                    failed.setdefault(todo[item_index].image, reason)
-                if batch is not None:
-                    images = batch.to(torch_device, non_blocking=True).float().div_(255.0)
-                    pooled = model.pooled(images).float().cpu().numpy()
-                    for row, item_index in enumerate(indices):
-                        item = todo[item_index]
-                        done[(item.image, item.scale)] = pooled[row]
-                bar.update(len(indices) + len(bad))
-                if checkpoint_path is not None and time.monotonic() - last_save > checkpoint_every:
-                    _save_checkpoint(checkpoint_path, fingerprint, done, failed)
-                    last_save = time.monotonic()
-    except BaseException:
-        if checkpoint_path is not None:
-            _save_checkpoint(checkpoint_path, fingerprint, done, failed)
-        raise
-    finally:
-        bar.close()
-        model.train(was_training)
-
-    descriptors, kept = _combine(model, done, failed, len(paths), len(scales), torch_device)
-    if checkpoint_path is not None and checkpoint_path.exists():
-        checkpoint_path.unlink()
-    return ExtractionResult(
-        descriptors=descriptors,
-        paths=[paths[i] for i in kept],
-        failed=[(paths[i], failed[i]) for i in sorted(failed)],
-        seconds=time.perf_counter() - started,
-    )
-
-
-def _combine(model: RetrievalModel, done: dict[tuple[int, int], np.ndarray], failed: dict[int, str],
-             num_images: int, num_scales: int, device: torch.device) -> tuple[np.ndarray, list[int]]:
-    kept = [i for i in range(num_images)
-            if i not in failed and all((i, s) in done for s in range(num_scales))]
-    if not kept:
-        return np.zeros((0, model.out_dim), dtype=np.float32), []
-    per_scale = torch.from_numpy(np.stack([np.stack([done[(i, s)] for i in kept]) for s in range(num_scales)]))
-    combined = combine_scales(per_scale, pooling_exponent(model))
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        out = torch.cat([model.whiten(chunk.to(device)).float().cpu() for chunk in combined.split(4096)])
-    model.train(was_training)
-    return np.ascontiguousarray(out.numpy(), dtype=np.float32), kept
-
+        pooled, failed = gather_share(pooled, failed)
+    finished = finish_descriptors(model, plan, pooled, failed, whitening, time.perf_counter() - started)
+    if checkpoint is not None and Path(checkpoint).exists():
+        Path(checkpoint).unlink()
+    return finished

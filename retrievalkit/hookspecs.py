@@ -88,6 +88,23 @@ def rkit_losses() -> list[Component]:
     """
 
 
+@hookspec
+def rkit_rerankers() -> list[Component]:
+    """Re-rankers: change the descriptors a search compares, then search again (:mod:`retrievalkit.rerank`).
+
+    The factory takes the re-ranker's options (the built-ins: ``k``, ``alpha``) and returns an
+    object with one or both of::
+
+        augment_database(database (N, D), neighbours) -> (N, D)         database side (DBA)
+        expand_queries(queries (Q, D), neighbours, self_rows) -> (Q, D)  query side (alpha-QE)
+
+    ``neighbours(vectors, k, self_rows=None) -> (scores, ids)`` is the exact top ``k`` in the
+    current database, leaving out row ``self_rows[i]`` for vector ``i`` when given (the vector
+    is that database row); ``neighbours.rows(ids)`` gives those database vectors. Returned rows
+    must be L2-normalised float32. Database-side results are cached per database and options.
+    """
+
+
 #: Hook name for each component kind: ``rkit_`` + the plural (``backbone`` -> ``rkit_backbones``).
 HOOK_FOR_KIND: dict[str, str] = {kind: f"rkit_{PLURAL[kind]}" for kind in KINDS}
 

@@ -19,6 +19,7 @@ the other keeps the aspect ratio (rounded), and neither side falls below
 from __future__ import annotations
 
 import math
+import os
 import struct
 from pathlib import Path
 
@@ -49,6 +50,81 @@ class ImageLoadError(RkitError):
 def is_image_file(path: str | Path) -> bool:
     """Whether ``path`` has one of the :data:`IMAGE_EXTENSIONS`."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_image_files(folder: str | Path) -> list[str]:
+    """Image files under ``folder``, recursively: sorted paths relative to it, '/'-separated.
+
+    The one folder walk of the toolkit (``rkit extract``, ``eval``, ``sfm``, ``ablate`` ...).
+    Files with one of :data:`IMAGE_EXTENSIONS` count; hidden files and folders (name starting
+    with ``.``) are skipped. Symbolic links to files and to folders are followed (a collection
+    assembled from links to other disks is common), with loop protection: a folder already
+    visited (same device and inode, e.g. a link to a parent) is not entered again, so each real
+    folder is listed once, under the first path that reaches it in sorted order.
+    """
+    folder = Path(folder)
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [(folder, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            stat = directory.stat()
+            entries = sorted(os.scandir(directory), key=lambda e: e.name, reverse=True)
+        except OSError:  # unreadable folder or a dangling link: nothing to list there
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            relative = f"{prefix}{entry.name}"
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+                is_file = not is_dir and entry.is_file(follow_symlinks=True)
+            except OSError:
+                continue
+            if is_dir:
+                stack.append((Path(entry.path), relative + "/"))
+            elif is_file and is_image_file(entry.name):
+                found.append(relative)
+    return sorted(found)
+
+
+def list_images(source: str | Path) -> tuple[Path, list[str]]:
+    """The images named by ``source`` as ``(root, paths relative to root)``.
+
+    ``source`` is a folder (searched by :func:`list_image_files`: recursive, symbolic links
+    followed, hidden entries skipped, sorted), a single image file, or a text file with one path
+    per line (relative to the list file's folder or absolute; blank lines and lines starting with
+    ``#`` ignored; order kept).
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = list_image_files(source)
+        if not paths:
+            raise RkitError(
+                f"no images under {source} (looked for files ending in .jpg, .png, .tif, .bmp, .webp "
+                f"..., following symbolic links): point to a folder of images or to a text file listing "
+                f"image paths"
+            )
+        return source, paths
+    if not source.exists():
+        raise RkitError(f"{source} does not exist: give a folder of images or a text file with one image path per line")
+    if is_image_file(source):
+        return source.parent, [source.name]
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except (UnicodeDecodeError, OSError) as exc:
+        raise RkitError(
+            f"cannot read {source} as a list of image paths ({exc}): give a folder of images or a "
+            f"UTF-8 text file with one path per line"
+        ) from None
+    paths = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not paths:
+        raise RkitError(f"the list file {source} names no images: write one image path per line")
+    return source.parent, paths
 
 
 def _open(path: Path) -> Image.Image:

@@ -1,7 +1,10 @@
 """The global descriptor network: backbone + pooling + L2 + (optional) whitening + L2.
 
 docs/definitions.md §1: image -> backbone (convolutional part) -> feature map -> pooling -> L2-normalise
--> optional whitening (a linear layer, weight P and bias -P m) -> L2-normalise. The model takes
+-> optional whitening (an affine layer, weight P and bias -P m, :class:`WhiteningLayer`) ->
+L2-normalise. The whitening layer runs :func:`retrievalkit.whitening.whiten_rows` in float64,
+the same function that applies a whitening file, so a model carrying a whitening and a
+``--whitening FILE`` give identical descriptors. The model takes
 images with values in [0, 1] and applies the backbone's own input normalisation itself, so no
 caller needs to know which normalisation a backbone wants.
 
@@ -30,18 +33,66 @@ from .settings import ModelConfig  # re-exported: defined with the other light s
 MODEL_FORMAT_VERSION = 1
 
 
+class WhiteningLayer(nn.Module):
+    """``L2(W x + b)`` with ``W`` (out, in) and ``b`` (out,) in float64: a fitted whitening.
+
+    Its state-dict keys are those of ``nn.Linear`` (``weight``, ``bias``), so models saved with
+    a linear whitening layer load into it. The whitening is fitted (``rkit whiten fit``, the
+    final step of ``rkit train``), not trained: it runs without gradient, through
+    :func:`retrievalkit.whitening.whiten_rows` (NumPy, float64), and returns the input's dtype
+    and device.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features, dtype=torch.float64), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=torch.float64), requires_grad=False)
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    @classmethod
+    def from_arrays(cls, weight: Any, bias: Any) -> WhiteningLayer:
+        """A layer with the given weight ``(out, in)`` and bias ``(out,)`` (arrays or tensors)."""
+        weight = torch.as_tensor(weight, dtype=torch.float64).detach().cpu()
+        layer = cls(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            layer.bias.copy_(torch.as_tensor(bias, dtype=torch.float64).detach().cpu().reshape(-1))
+        return layer
+
+    def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
+        from .whitening import whiten_rows
+
+        if descriptors.requires_grad:
+            raise RkitError("the model's whitening layer is fitted, not trained, and passes no gradient: "
+                            "remove it before training (model.set_whitening(None))")
+        out = whiten_rows(descriptors.detach().cpu().numpy(), self.weight.detach().cpu().numpy(),
+                          self.bias.detach().cpu().numpy(), what="the model's whitening layer")
+        return torch.from_numpy(out).to(device=descriptors.device, dtype=descriptors.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, float64"
+
+
 class RetrievalModel(nn.Module):
     """Backbone, pooling and optional whitening; ``forward`` returns L2-normalised descriptors."""
 
     def __init__(self, backbone: nn.Module, pooling: nn.Module, config: ModelConfig | None = None,
-                 whitening: nn.Linear | None = None) -> None:
+                 whitening: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
-        self.whitening = whitening
         self.config = config or ModelConfig()
         self.register_buffer("input_mean", torch.tensor(backbone.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("input_std", torch.tensor(backbone.std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.whitening: WhiteningLayer | None = None
+        self.set_whitening(whitening)
 
     @property
     def out_dim(self) -> int:
@@ -57,16 +108,25 @@ class RetrievalModel(nn.Module):
         return l2_normalize(self.pooling(self.feature_map(images)))
 
     def whiten(self, descriptors: torch.Tensor) -> torch.Tensor:
-        """Apply the whitening layer (if any) and re-normalise."""
+        """Apply the whitening layer (if any), which re-normalises."""
         if self.whitening is None:
             return descriptors
-        return l2_normalize(self.whitening(descriptors))
+        return self.whitening(descriptors)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.whiten(self.pooled(images))
 
-    def set_whitening(self, layer: nn.Linear | None) -> None:
-        """Attach (or remove, with ``None``) a whitening layer."""
+    def set_whitening(self, layer: nn.Module | None) -> None:
+        """Attach (or remove, with ``None``) a whitening layer.
+
+        A :class:`WhiteningLayer` or an ``nn.Linear`` (whose weight and bias are copied into a
+        float64 :class:`WhiteningLayer`; e.g. a checkpoint's whitening).
+        """
+        if layer is not None and not isinstance(layer, WhiteningLayer):
+            if not isinstance(layer, nn.Linear) or layer.bias is None:
+                raise RkitError(f"a whitening layer must be a WhiteningLayer or an nn.Linear with bias, "
+                                f"got {type(layer).__name__}")
+            layer = WhiteningLayer.from_arrays(layer.weight, layer.bias)
         if layer is not None:
             layer = layer.to(self.input_mean.device)
         self.whitening = layer
@@ -123,7 +183,7 @@ def load_model(directory: str | Path, host: PluginHost | None = None,
     model = build_model(config, host)
     model.config.weights = meta.get("weights", "none")
     if whitening_shape is not None:
-        model.set_whitening(nn.Linear(*whitening_shape))
+        model.set_whitening(WhiteningLayer(*whitening_shape))
     try:
         state = torch.load(weights_path, map_location=map_location, weights_only=True)
         model.load_state_dict(state)

@@ -130,29 +130,16 @@ class SfmResult:
 def find_images(images_dir: str | Path) -> list[str]:
     """Image files under ``images_dir`` (recursive, sorted, symbolic links followed), relative
     to it, '/'-separated: the toolkit's one folder walk (:mod:`retrievalkit.images`)."""
-    from .images import IMAGE_EXTENSIONS
+    from .images import IMAGE_EXTENSIONS, list_image_files
 
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise RkitError(f"{images_dir} is not a folder: give the folder of photos to reconstruct.")
-    names = _list_image_files(images_dir)
+    names = list_image_files(images_dir)
     if not names:
         raise RkitError(f"no images in {images_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, "
                         f"recursively): point `rkit sfm` at the folder holding the photos.")
     return names
-
-
-def _list_image_files(folder: Path) -> list[str]:
-    try:
-        from .images import list_image_files
-    except ImportError:  # until the walk moves from extract.py to images.py
-        from .extract import list_images
-
-        try:
-            return list_images(folder)[1]
-        except RkitError:
-            return []
-    return list_image_files(folder)
 
 
 def check_images(images_dir: Path, names: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:

@@ -9,11 +9,15 @@ This module holds what every whitening method shares:
 * :class:`WhiteningData`: the training material, descriptors plus the supervision a method
   needs (matching / non-matching pairs, or labels from which pairs are made);
 * :class:`FittedWhitening`: the learned ``m`` and ``P``, applied in NumPy (:meth:`apply`) or as
-  a ``torch.nn.Linear`` with weight ``P`` and bias ``-P m`` (:meth:`to_linear`) so a model can
+  a model layer with weight ``P`` and bias ``-P m`` (:meth:`to_linear`) so a model can
   carry it end to end, saved as a small ``.npz`` (:meth:`save`, :meth:`load`);
 * the linear algebra, written once: :func:`covariance`, :func:`pair_scatter` (the C_S / C_D of
   Radenović et al. 2016, learned whitening), :func:`principal_axes` (PCA by a symmetric
-  eigen-solver), :func:`inverse_sqrt_psd` (C^(-1/2) with a ridge) and :func:`numerical_rank`;
+  eigen-solver, or an SVD in the span of the data), :func:`inverse_sqrt_psd` (C^(-1/2) with a
+  ridge), :func:`numerical_rank` and :func:`span_basis` (fits with fewer descriptors than
+  dimensions work in the N-dimensional span of the data, not on D x D matrices);
+* :func:`whiten_rows`: applying a whitening, the one code path (NumPy, float64) used by
+  :meth:`FittedWhitening.apply` and by a model's whitening layer alike;
 * :func:`fit_whitening`: choose a method by its plugin name (``none``, ``pca``, ``learned``).
 
 The methods themselves are plugins (``plugins/retrievalkit_builtins/whitenings/``). All fits
@@ -39,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .components import ComponentSpec
-from .descriptors import l2_normalize
+from .descriptors import check_finite, l2_normalize
 from .errors import RkitError
 from .npzfile import load_npz, save_npz
 
@@ -264,12 +268,22 @@ def _chunks(n: int, size: int = CHUNK_ROWS) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
+def _row_chunks(n: int, what: str) -> Iterator[slice]:
+    """Chunks of rows, with a progress bar when there are many (a long fit shows its progress)."""
+    chunks = list(_chunks(n))
+    if len(chunks) < 4:
+        return iter(chunks)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(chunks, desc=what, unit="chunk", leave=False, dynamic_ncols=True))
+
+
 def covariance(x: np.ndarray, mean: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance ``mean over i of (x_i - m)(x_i - m)^T`` in float64 (divided by N)."""
     n, d = x.shape
     m = x.mean(axis=0, dtype=np.float64) if mean is None else np.asarray(mean, dtype=np.float64)
     cov = np.zeros((d, d), dtype=np.float64)
-    for rows in _chunks(n):
+    for rows in _row_chunks(n, "covariance"):
         centred = x[rows].astype(np.float64) - m
         cov += centred.T @ centred
     return m, cov / n
@@ -283,10 +297,22 @@ def pair_scatter(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """
     d = x.shape[1]
     scatter = np.zeros((d, d), dtype=np.float64)
-    for rows in _chunks(len(pairs)):
+    for rows in _row_chunks(len(pairs), "pair scatter"):
         diff = x[pairs[rows, 0]].astype(np.float64) - x[pairs[rows, 1]].astype(np.float64)
         scatter += diff.T @ diff
     return scatter / len(pairs)
+
+
+def sign_rule(vectors: np.ndarray) -> np.ndarray:
+    """Per column, +1 or -1 so that its entry of largest magnitude becomes positive."""
+    largest = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])]
+    return np.where(largest < 0, -1.0, 1.0)
+
+
+def fix_signs(vectors: np.ndarray) -> np.ndarray:
+    """Flip columns by :func:`sign_rule` (in place), so fits are reproducible across LAPACKs."""
+    vectors *= sign_rule(vectors)
+    return vectors
 
 
 def symmetric_eig_descending(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -297,10 +323,7 @@ def symmetric_eig_descending(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """
     sym = (matrix + matrix.T) / 2.0
     values, vectors = np.linalg.eigh(sym)
-    values, vectors = values[::-1].copy(), vectors[:, ::-1].copy()
-    largest = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])]
-    vectors *= np.where(largest < 0, -1.0, 1.0)
-    return values, vectors
+    return values[::-1].copy(), fix_signs(vectors[:, ::-1].copy())
 
 
 def numerical_rank(eigenvalues: np.ndarray, size: int | None = None) -> int:
@@ -315,21 +338,52 @@ def numerical_rank(eigenvalues: np.ndarray, size: int | None = None) -> int:
     return int(np.count_nonzero(values > tol))
 
 
-def principal_axes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """PCA of the rows of ``x``: ``(mean, eigenvalues decreasing, eigenvectors as columns, rank)``."""
+def span_basis(x: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis ``(D, N)`` of a space holding every centred row, when N < D.
+
+    N descriptors minus their mean, and every difference of two of them, lie in the span of the
+    centred rows, so every covariance and scatter a whitening uses is zero outside it. A fit can
+    then work on N-dimensional coordinates (``(x - m) @ basis``) instead of D x D matrices, with
+    the same result up to round-off: with 27 descriptors of 1280 dimensions, 27 x 27 instead of
+    1280 x 1280 eigen-problems. ``None`` when N >= D (nothing to gain).
+    """
+    n, d = x.shape
+    if n >= d:
+        return None
+    _, _, vt = np.linalg.svd(x.astype(np.float64) - mean, full_matrices=False)
+    return vt.T
+
+
+def principal_axes(x: np.ndarray, *, in_span: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """PCA of the rows of ``x``: ``(mean, eigenvalues decreasing, eigenvectors as columns, rank)``.
+
+    With fewer rows than dimensions (and ``in_span``) the covariance is never formed: the
+    singular value decomposition of the centred rows gives its non-zero eigenvalues
+    (``s^2 / N``) and their eigenvectors, min(N, D) of them; the dense path (``eigh`` of the
+    D x D covariance) gives the same ones plus D - N directions of eigenvalue zero, which no
+    caller keeps (they are beyond the rank).
+    """
+    n, d = x.shape
+    if in_span and n < d:
+        mean = x.mean(axis=0, dtype=np.float64)
+        _, singular, vt = np.linalg.svd(x.astype(np.float64) - mean, full_matrices=False)
+        values = singular**2 / n
+        return mean, values, fix_signs(vt.T.copy()), numerical_rank(values, d)
     mean, cov = covariance(x)
     values, vectors = symmetric_eig_descending(cov)
     return mean, values, vectors, numerical_rank(values, cov.shape[0])
 
 
-def inverse_sqrt_psd(matrix: np.ndarray, ridge: float = 0.0) -> np.ndarray:
+def inverse_sqrt_psd(matrix: np.ndarray, ridge: float = 0.0, dim: int | None = None) -> np.ndarray:
     """``(C + ridge * trace(C) / D * I)^(-1/2)`` of a symmetric PSD matrix, by ``eigh``.
 
-    Raises :class:`RkitError` when the (regularised) matrix is singular.
+    ``D`` is ``dim`` when given (the full dimension, for a matrix written in the coordinates of a
+    subspace, see :func:`span_basis`), else the size of ``matrix``. Raises :class:`RkitError`
+    when the (regularised) matrix is singular.
     """
     d = matrix.shape[0]
     values, vectors = symmetric_eig_descending(matrix)
-    values = values + ridge * float(np.trace(matrix)) / d
+    values = values + ridge * float(np.trace(matrix)) / (dim or d)
     if numerical_rank(values, d) < d or values.min() <= 0:
         raise RkitError(
             f"the matrix to invert is singular (rank {numerical_rank(values, d)} of {d}): "
@@ -357,6 +411,28 @@ def check_output_dim(dim: int | None, rank: int, what: str, hint: str) -> int:
             f"({hint})"
         )
     return dim
+
+
+# -- applying a whitening: the one code path --------------------------------------------------
+
+def whiten_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, what: str = "the whitening") -> np.ndarray:
+    """``L2(W x + b)`` of each row of ``x`` in float64, returned as float32.
+
+    The one implementation of applying a whitening: :meth:`FittedWhitening.apply` (NumPy
+    callers, ``rkit whiten apply``, ``--whiten FILE``) and a model's whitening layer
+    (:class:`retrievalkit.model.WhiteningLayer`) both call it, so they agree exactly. Rows
+    are processed in chunks so no ``(N, D)`` float64 copy is made of a large matrix. Non-finite
+    input or output is refused.
+    """
+    x = check_finite(np.asarray(x), f"{what}: the input", hint="re-extract them (every descriptor must be finite)")
+    weight = np.asarray(weight, dtype=np.float64)
+    bias = np.asarray(bias, dtype=np.float64).reshape(-1)
+    out = np.empty((x.shape[0], weight.shape[0]), dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below, with a clear message
+        for rows in _chunks(x.shape[0]):
+            out[rows] = l2_normalize(x[rows].astype(np.float64) @ weight.T + bias)
+    return check_finite(out, f"{what}: the output",
+                        hint="its matrix holds huge or non-finite values: fit it again on finite descriptors")
 
 
 # -- the fitted whitening ------------------------------------------------------------------
@@ -408,7 +484,9 @@ class FittedWhitening:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Whiten ``(N, D_in)`` descriptors (or one ``(D_in,)``): project, then L2-normalise.
 
-        Computed in float64, returned as float32. A row that projects to zero stays zero.
+        :func:`whiten_rows` with weight ``P`` and bias ``-P m``: the same function a model's
+        whitening layer runs, in float64, returned as float32. A row that projects to zero stays
+        zero; non-finite input or output is refused (:class:`RkitError`).
         """
         x = np.asarray(x)
         single = x.ndim == 1
@@ -418,25 +496,19 @@ class FittedWhitening:
                 f"this whitening expects {self.in_dim}-D descriptors but got shape {x.shape}: fit it "
                 f"on descriptors from the same model (backbone and pooling) as the ones you apply it to"
             )
-        out = np.empty((x2.shape[0], self.out_dim), dtype=np.float32)
-        for rows in _chunks(x2.shape[0]):
-            out[rows] = l2_normalize((x2[rows].astype(np.float64) - self.mean) @ self.projection.T)
+        out = whiten_rows(x2, self.projection, self.bias, what=f"whitening {self.method}")
         return out[0] if single else out
 
     def to_linear(self) -> Any:
-        """The whitening as a ``torch.nn.Linear(D_in, D_out)`` with weight ``P`` and bias ``-P m``.
+        """The whitening as a model layer (:class:`retrievalkit.model.WhiteningLayer`, an affine
+        map with weight ``P`` and bias ``-P m`` kept in float64).
 
-        ``RetrievalModel.set_whitening(w.to_linear())`` makes the model output ``apply``'s result
-        (the model re-normalises after the layer).
+        ``RetrievalModel.set_whitening(w.to_linear())`` makes the model output exactly
+        ``apply``'s result: both run :func:`whiten_rows`.
         """
-        import torch
-        from torch import nn
+        from .model import WhiteningLayer
 
-        layer = nn.Linear(self.in_dim, self.out_dim, bias=True)
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(self.projection).float())
-            layer.bias.copy_(torch.from_numpy(self.bias).float())
-        return layer
+        return WhiteningLayer.from_arrays(self.projection, self.bias)
 
     def describe(self, file: str | Path | None = None) -> dict[str, Any]:
         """A short record for the ``meta`` of descriptors whitened with this whitening."""

@@ -347,3 +347,127 @@ def test_pretrained_descriptors_match_photos_of_the_same_landmark(landmarks_dir)
     np.fill_diagonal(similarity, -1)
     nearest = similarity.argmax(axis=1)
     assert [paths[j].split("/")[0] for j in nearest] == [p.split("/")[0] for p in paths]
+
+
+# -- listing through symbolic links ---------------------------------------------------------------
+def test_list_images_follows_symlinked_folders_and_cuts_loops(tmp_path) -> None:
+    store = tmp_path / "store"
+    (store / "a").mkdir(parents=True)
+    (store / "b").mkdir()
+    solid(store / "a" / "1.png", (255, 0, 0))
+    solid(store / "b" / "2.png", (0, 255, 0))
+    collection = tmp_path / "collection"
+    collection.mkdir()
+    (collection / "first").symlink_to(store / "a", target_is_directory=True)
+    (collection / "second").symlink_to(store / "b", target_is_directory=True)
+    (collection / "again").symlink_to(store / "a", target_is_directory=True)   # same folder twice
+    (store / "a" / "loop").symlink_to(collection, target_is_directory=True)   # a cycle back up
+    (collection / "dangling").symlink_to(tmp_path / "nowhere")
+    (collection / "one.png").symlink_to(store / "b" / "2.png")
+    root, paths = list_images(collection)
+    assert root == collection
+    assert paths == ["again/1.png", "one.png", "second/2.png"]
+
+
+def test_sfm_lists_images_through_the_same_walk(tmp_path) -> None:
+    from retrievalkit.sfm import find_images
+
+    (tmp_path / "real").mkdir()
+    solid(tmp_path / "real" / "x.jpg", (1, 2, 3))
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "linked").symlink_to(tmp_path / "real", target_is_directory=True)
+    assert find_images(tmp_path / "photos") == list_images(tmp_path / "photos")[1] == ["linked/x.jpg"]
+
+
+# -- batches by pixel budget -------------------------------------------------------------------------
+def test_large_images_go_in_small_batches() -> None:
+    shapes = [(768, 1024)] * 5 + [(336, 448)] * 20
+    batches = group_batches(shapes, batch_size=16, max_pixels=2**21)
+    assert [len(b) for b in batches if b[0] < 5] == [2, 2, 1]
+    assert [len(b) for b in batches if b[0] >= 5] == [13, 7]
+    assert group_batches([(4000, 4000)], batch_size=16, max_pixels=2**21) == [[0]]
+
+
+# -- non-finite descriptors are refused where they are made ---------------------------------------------
+def test_gem_with_a_huge_exponent_stays_finite(tmp_path, capsys) -> None:
+    (tmp_path / "imgs").mkdir()
+    solid(tmp_path / "imgs" / "a.png", (255, 0, 0))
+    solid(tmp_path / "imgs" / "b.png", (0, 90, 200), size=(64, 90))
+    out = tmp_path / "o.npz"
+    code = run_cli(["extract", str(tmp_path / "imgs"), "--backbone", "efficientnet-lite0", "--weights", "none",
+                    "--pooling", "gem:p=1000", "--image-size", "64", "--scales", "1,0.5", "--workers", "0",
+                    "--device", "cpu", "--no-progress", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    data = DescriptorSet.load(out)
+    assert np.isfinite(data.descriptors).all()
+    np.testing.assert_allclose(np.linalg.norm(data.descriptors, axis=1), 1.0, atol=1e-5)
+
+
+class Overflowing(PixelBackbone):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = super().forward(images).clone()
+        out[:, 0] = float("inf")
+        return out
+
+
+def test_a_non_finite_network_output_is_refused_and_finished_work_is_kept(tmp_path) -> None:
+    names = [solid(tmp_path / "a.png", (255, 0, 0))]
+    checkpoint = tmp_path / "o.partial.npz"
+    model = RetrievalModel(Overflowing(), MaxPool(), ModelConfig("pixels", "max", "none"))
+    with pytest.raises(RkitError, match=r"non-finite \(NaN or infinite\) descriptors for 1 image\(s\) \(a.png\)"):
+        extract_descriptors(model, names, root=tmp_path, image_size=64, device="cpu", num_workers=0,
+                            progress=False, checkpoint=checkpoint)
+    assert checkpoint.is_file()  # the (empty) progress is saved; nothing non-finite in it
+
+
+def test_checkpoint_every_is_a_flag(tmp_path, monkeypatch) -> None:
+    import retrievalkit.extract as extract_module
+
+    saves = []
+    real = extract_module.save_pooled
+    monkeypatch.setattr(extract_module, "save_pooled", lambda *a, **k: (saves.append(1), real(*a, **k)))
+    (tmp_path / "imgs").mkdir()
+    names = [solid(tmp_path / "imgs" / f"{i}.png", (40 * i, 0, 0), size=(64 + 16 * i, 64)) for i in range(3)]
+    (tmp_path / "out").mkdir()
+    assert run_cli(["extract", str(tmp_path / "imgs"), "--backbone", "alexnet", "--weights", "none", "--pooling", "mac",
+                    "--image-size", "128", "--workers", "0", "--device", "cpu", "--no-progress",
+                    "--checkpoint-every", "0.000001", "--out", str(tmp_path / "out" / "o.npz")]) == 0
+    assert len(saves) >= 2 and len(names) == 3  # a save after (nearly) every batch
+    assert run_cli(["extract", str(tmp_path / "imgs"), "--checkpoint-every", "0", "--out", str(tmp_path / "x.npz")]) == 2
+
+
+# -- whitening files: one code path with the model's whitening layer ----------------------------------
+def test_whitening_file_and_model_layer_give_identical_descriptors(tmp_path) -> None:
+    from retrievalkit.whitening import FittedWhitening
+
+    rng = np.random.default_rng(1)
+    names = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        names.append(f"{i}.png")
+    fitted = FittedWhitening(rng.normal(size=3) * 0.1, rng.normal(size=(2, 3)), "test")
+    by_file = extract_descriptors(pixel_model(), names, root=tmp_path, image_size=64, device="cpu",
+                                  num_workers=0, progress=False, whitening=fitted)
+    carried = pixel_model()
+    carried.set_whitening(fitted.to_linear())
+    by_layer = extract_descriptors(carried, names, root=tmp_path, image_size=64, device="cpu",
+                                   num_workers=0, progress=False)
+    plain = extract_descriptors(pixel_model(), names, root=tmp_path, image_size=64, device="cpu",
+                                num_workers=0, progress=False)
+    np.testing.assert_array_equal(by_file.descriptors, by_layer.descriptors)
+    np.testing.assert_array_equal(by_file.descriptors, fitted.apply(plain.descriptors))
+    with pytest.raises(RkitError, match="whitens 4-D descriptors but this model gives 3-D"):
+        extract_descriptors(pixel_model(), names, root=tmp_path, whitening=FittedWhitening(np.zeros(4), np.eye(4), "x"))
+
+
+def test_reuse_freed_memory_nests_and_restores() -> None:
+    import platform
+
+    import retrievalkit.memory as memory
+
+    with memory.reuse_freed_memory() as outer:
+        with memory.reuse_freed_memory() as inner:
+            assert outer == inner == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+            assert memory._depth == (2 if outer else 0)
+        torch.ones(4096, 4096).sum()  # a 64 MB block, freed and reused inside the block
+    assert memory._depth == 0

@@ -94,3 +94,22 @@ def test_poolings_are_registered_with_references() -> None:
         assert component.reference and component.summary
     assert set(host.get("pooling", "gem").component.options()) == {"p", "learn_p", "eps"}
     assert host.get("pooling", "spoc").component.options()["center_prior"].default is True
+
+
+def test_generalized_mean_is_stable_for_huge_exponents_and_keeps_its_gradient() -> None:
+    x = torch.rand(2, 4, 5, 5, generator=torch.Generator().manual_seed(0)) * 50
+    big = generalized_mean(x, 1000.0, dim=(-2, -1))
+    assert torch.isfinite(big).all()
+    top = x.amax(dim=(-2, -1))
+    assert torch.all(big <= top) and torch.all(big >= top * 25 ** (-1 / 1000))  # within the mean's bounds
+    # the rescaling changes nothing at ordinary p, values and gradients (w.r.t. x and p) included
+    p = torch.tensor([3.0], requires_grad=True)
+    xs = x.clone().requires_grad_(True)
+    generalized_mean(xs, p, dim=(-2, -1)).sum().backward()
+    p_ref = torch.tensor([3.0], requires_grad=True)
+    x_ref = x.clone().requires_grad_(True)
+    naive = x_ref.clamp(min=1e-6).pow(p_ref).mean(dim=(-2, -1)).pow(1.0 / p_ref)
+    naive.sum().backward()
+    torch.testing.assert_close(generalized_mean(x, 3.0, dim=(-2, -1)), naive.detach())
+    torch.testing.assert_close(xs.grad, x_ref.grad)
+    torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=0)  # a sum over 200 terms in float32

@@ -95,7 +95,8 @@ def test_lw_choices_and_the_cli(tmp_path):
         load_published_model(f"{path}:lwset=retrieval-SfM-30k")
     ms = load_published_model(f"{path}:lw=ms")
     P, bias = parts["linear"]
-    torch.testing.assert_close(ms.whitening.bias, torch.as_tensor(2 * bias, dtype=torch.float32), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ms.whitening.bias, torch.as_tensor(2 * bias, dtype=ms.whitening.bias.dtype),  # float64 layer
+                               atol=1e-6, rtol=0)
     images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(4))
     ms.set_whitening(None)                   # the same network without Lw (as :lw=none gives)
     with torch.no_grad():

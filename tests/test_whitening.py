@@ -315,3 +315,58 @@ def test_too_little_training_data_is_a_clear_error():
         fit_whitening("learned", data, dim=2)
     with pytest.raises(RkitError, match="singular.*ridge"):
         fit_whitening("learned:ridge=0", data, dim=1)
+
+
+# -- one code path: the model's layer and apply() agree exactly -------------------------------------
+def test_model_layer_and_apply_are_one_code_path(tmp_path):
+    fitted, x = _fitted_learned()
+    model = RetrievalModel(_TinyBackbone(), get_host().build("pooling", "mac"))
+    model.set_whitening(fitted.to_linear())
+    with torch.no_grad():
+        np.testing.assert_array_equal(model.whiten(torch.from_numpy(x)).numpy(), fitted.apply(x))
+        images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        np.testing.assert_array_equal(model(images).numpy(), fitted.apply(model.pooled(images).numpy()))
+    # the float64 weights survive a save / load, and an nn.Linear whitening is taken over
+    model.save(tmp_path / "m")
+    assert model.whitening.weight.dtype == torch.float64
+    layer = nn.Linear(8, 4)
+    model.set_whitening(layer)
+    np.testing.assert_array_equal(model.whitening.weight.numpy(), layer.weight.detach().double().numpy())
+    with pytest.raises(RkitError, match="fitted, not trained"):
+        model.whiten(torch.ones(2, 8, requires_grad=True))
+
+
+def test_non_finite_input_or_output_of_a_whitening_is_refused():
+    fitted, x = _fitted_learned()
+    bad = x.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(RkitError, match="1 of 60 descriptors hold NaN"):
+        fitted.apply(bad)
+    huge = FittedWhitening(np.zeros(2), np.array([[1e308, 1e308]]), "huge")
+    with pytest.raises(RkitError, match="NaN or infinite"):
+        huge.apply(np.array([[1e10, 1e10]]))
+
+
+# -- fits in the span of the data equal the dense D x D fits ------------------------------------------
+@pytest.mark.parametrize("spec", ["pca", "pca:whiten=false", "learned", "learned:rotation=all",
+                                  "learned:ridge=0.5"])
+def test_fit_in_the_span_of_the_data_equals_the_dense_fit(spec):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(14, 60)) + rng.normal(size=60)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    data = WhiteningData.from_labels(x, [i % 4 for i in range(14)]).with_pairs_from_labels()
+    method = get_host().build("whitening", spec)
+    span, dense = method.fit(data), method.fit(data, in_span=False)
+    assert span.out_dim == dense.out_dim == 13 and span.meta["rank"] == dense.meta["rank"]
+    np.testing.assert_allclose(span.mean, dense.mean, rtol=0, atol=1e-15)
+    scale = np.abs(dense.projection).max()
+    np.testing.assert_allclose(span.projection, dense.projection, rtol=0, atol=1e-9 * scale)
+    np.testing.assert_allclose(span.meta["eigenvalues"], dense.meta["eigenvalues"], rtol=1e-9)
+    np.testing.assert_allclose(span.apply(x), dense.apply(x), atol=1e-6)
+
+
+def test_fit_without_ridge_in_few_dimensions_still_refuses_a_singular_scatter():
+    rng = np.random.default_rng(4)
+    data = WhiteningData.from_labels(rng.normal(size=(6, 20)), [0, 0, 1, 1, 2, 2])
+    with pytest.raises(RkitError, match="singular"):
+        fit_whitening("learned:ridge=0", data)

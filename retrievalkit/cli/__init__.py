@@ -30,7 +30,9 @@ INTERRUPTED_MESSAGE = ("Interrupted. Outputs already finished are kept (every fi
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "plugins": ("retrievalkit.cli.plugins", "command", "List installed components and where they come from."),
     "extract": ("retrievalkit.cli.extract", "command", "Extract global descriptors of images."),
+    "merge": ("retrievalkit.cli.merge", "command", "Merge the shards of `rkit extract --shard K/N`."),
     "search": ("retrievalkit.cli.search", "command", "Search a descriptors file with faiss."),
+    "index": ("retrievalkit.cli.index", "group", "Saved search indexes: build, add images, merge sharded results."),
     "eval": ("retrievalkit.cli.evaluate", "command", "Evaluate retrieval (mAP) on a dataset."),
     "whiten": ("retrievalkit.cli.whiten", "group", "Learn and apply whitening (PCA, learned Lw)."),
     "sfm": ("retrievalkit.cli.sfm", "command", "Structure-from-Motion on photos -> training database."),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..ablate import DEFAULT_SETTINGS, AblationOptions, format_table, parse_grid, run_ablation
+from ..ablate import DEFAULT_SETTINGS, OPTIONAL_SETTINGS, AblationOptions, format_table, parse_grid, run_ablation
 from ..config import write_resolved_config
 from ..errors import Interrupted
 from ..interrupt import rerun_command
@@ -28,7 +28,7 @@ from .options import component_callback
                    "Re-running with the same folder skips finished cells.")
 @click.option("--grid", "grid", multiple=True, metavar="AXIS=V1,V2",
               help="A grid axis (repeatable): backbone, weights, pooling, image_size, scales "
-                   "(1+0.707+0.5), whiten, dim, or COMPONENT.OPTION (pooling.p=2,3). In a config "
+                   "(1+0.707+0.5), whiten, dim, rerank (none,aqe,dba+aqe), or COMPONENT.OPTION (pooling.p=2,3). In a config "
                    "file: a table [ablate.grid] with lists.")
 @click.option("--backbone", default=DEFAULT_SETTINGS["backbone"], show_default=True, callback=component_callback("backbone"),
               help="Backbone of cells the grid does not vary (NAME[:OPTION=VALUE]).")
@@ -43,6 +43,8 @@ from .options import component_callback
               help="Whitening: none, pca, learned (with options, e.g. learned:rotation=all).")
 @click.option("--dim", default=DEFAULT_SETTINGS["dim"], show_default=True,
               help="Output dimension after whitening, or 'full'.")
+@click.option("--rerank", default=OPTIONAL_SETTINGS["rerank"], show_default=True,
+              help="Re-ranking of cells the grid does not vary: none, aqe, dba, dba+aqe (options after ':').")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, mps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Most images of one shape per forward pass.")
@@ -53,7 +55,7 @@ from .options import component_callback
                    "dim rows (for a third-party whitening whose rows are not ordered by importance).")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def command(data: Path, whiten_data: Path | None, out_dir: Path, grid: tuple[str, ...], backbone: str,
-            weights: str, pooling: str, image_size: int, scales: str, whiten: str, dim: str, device: str,
+            weights: str, pooling: str, image_size: int, scales: str, whiten: str, dim: str, rerank: str, device: str,
             batch_size: int, num_workers: int, refit_per_dim: bool, progress: bool) -> None:
     """Run a grid of component/option ablations, sharing extractions between cells.
 
@@ -66,7 +68,7 @@ def command(data: Path, whiten_data: Path | None, out_dir: Path, grid: tuple[str
     docs/ablations.md; `rkit report OUT` makes an HTML page of it).
     """
     base = {"backbone": backbone, "weights": weights, "pooling": pooling, "image_size": str(image_size),
-            "scales": scales.replace(",", "+"), "whiten": whiten, "dim": str(dim)}
+            "scales": scales.replace(",", "+"), "whiten": whiten, "dim": str(dim), "rerank": rerank}
     parsed = parse_grid(grid)
     check_output_path(out_dir, [data, whiten_data], folder=True)
     out_dir.mkdir(parents=True, exist_ok=True)

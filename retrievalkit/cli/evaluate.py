@@ -41,7 +41,9 @@ def parse_ks(text: str) -> list[int]:
 
 
 def _is_descriptors_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() == ".npz"
+    from ..store import STORE_MANIFEST
+
+    return (path.is_file() and path.suffix.lower() == ".npz") or (path / STORE_MANIFEST).is_file()
 
 
 def _queries_path(save: Path) -> Path:
@@ -56,7 +58,9 @@ def _warn_unused_model_options(options: ModelOptions, why: str) -> None:
 
 def _load(path: Path, options: ModelOptions) -> DescriptorSet:
     """A descriptors file, whitened here with ``--whitening FILE`` if one is given."""
-    dset = DescriptorSet.load(path)
+    from ..store import load_descriptor_set
+
+    dset = load_descriptor_set(path)    # a .npz file or a store folder (retrievalkit/store.py)
     if options.whitening_file is None:
         return dset
     from ..whitening import FittedWhitening
@@ -93,6 +97,8 @@ def _extract(options: ModelOptions, paths: list[str], root: Path, save: Path | N
 @model_options
 @click.option("--ks", "ks_text", default=",".join(map(str, DEFAULT_KS)), show_default=True,
               help="Cut-offs of mP@k.")
+@click.option("--rerank", "rerank", default="none", show_default=True, metavar="SPEC",
+              help="Re-rankers (`rkit plugins`) joined by '+': aqe, dba, dba+aqe:k=2:alpha=3.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON instead of a table.")
 @click.option("--save-rankings", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write each query's AP and top-100 ranked images (positive/junk/negative) as JSON, "
@@ -107,7 +113,7 @@ def _extract(options: ModelOptions, paths: list[str], root: Path, save: Path | N
               help="faiss index for --distractors, as in rkit search: flat, ivf, ivfpq (e.g. ivfpq:nlist=8192:pq_m=64).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def command(source: Path | None, dataset: str | None, data_root: Path, query_descriptors: Path | None,
-            model_options: ModelOptions, ks_text: str, as_json: bool, save_rankings: Path | None,
+            model_options: ModelOptions, ks_text: str, rerank: str, as_json: bool, save_rankings: Path | None,
             save_descriptors: Path | None, distractors: str | None, distractor_index: str, progress: bool) -> None:
     """Evaluate retrieval: mAP and mP@k (revisited-protocol AP, docs/definitions.md).
 
@@ -136,7 +142,7 @@ def command(source: Path | None, dataset: str | None, data_root: Path, query_des
         if distractors is not None:
             raise RkitError("--distractors needs --dataset (e.g. --dataset roxford5k --distractors revisitop1m)")
         evaluation = evaluate_descriptors(_folder(source, model_options, save_descriptors, progress),
-                                          ks=ks, source=str(source))
+                                          ks=ks, source=str(source), rerank=rerank)
     else:
         described = _revisited(source, dataset, data_root, query_descriptors, model_options, save_descriptors,
                                progress)
@@ -145,7 +151,8 @@ def command(source: Path | None, dataset: str | None, data_root: Path, query_des
             from .distractors import describe_distractors
 
             extra = describe_distractors(distractors, data_root, model_options, described[1].meta, progress)
-        evaluation = evaluate_dataset(*described, ks=ks, distractors=extra, distractor_index=distractor_index)
+        evaluation = evaluate_dataset(*described, ks=ks, distractors=extra, distractor_index=distractor_index,
+                                      rerank=rerank)
     for note in evaluation.notes:
         click.echo(f"Warning: {note}", err=True)
     _output(evaluation, time.perf_counter() - started, as_json, save_rankings)

@@ -6,8 +6,8 @@ options as ``rkit extract`` (same names, defaults and meaning), declared once he
     @click.command()
     @model_options
     def command(model_options: ModelOptions, ...):
-        model, whitening = model_options.build()
-        result = extract_descriptors(model, paths, **model_options.extraction_kwargs())
+        extractor = Extractor.open(model_options.settings())   # retrievalkit.extractor
+        result = extractor.extract(paths, root=root)
 
 :func:`model_options` adds ``--backbone --weights --pooling --model --whitening --image-size
 --scales --batch-size --device --workers`` and hands the command one :class:`ModelOptions`.
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from .common import _META_RENAMED, echo_warnings, renamed_option  # noqa: F401 (
 from ..settings import ModelConfig
 
 if TYPE_CHECKING:
+    from ..extractor import ExtractionSettings
     from ..model import RetrievalModel
     from ..whitening import FittedWhitening
 
@@ -73,48 +73,26 @@ class ModelOptions:
         """The old name of :attr:`whitening_file` (``--whitening FILE``, formerly ``--whiten FILE``)."""
         return self.whitening_file
 
-    def build(self) -> tuple[RetrievalModel, FittedWhitening | None]:
-        """The model (built from components, or loaded from ``--model``) and the whitening file.
-
-        The whitening is returned, not attached, so it is applied to the combined multi-scale
-        descriptors exactly as ``rkit extract --whitening`` does.
-        """
-        from ..model import ModelConfig, build_model, load_model
+    def settings(self) -> ExtractionSettings:
+        """The library's extraction settings for these options (checks option clashes)."""
+        from ..extractor import ExtractionSettings
 
         if self.model_dir is not None:
             clash = sorted({"backbone", "pooling", "weights"} & self.typed)
             if clash:
                 raise RkitError(f"--model {self.model_dir} already fixes the backbone, pooling and weights: "
                                 f"drop {', '.join('--' + c for c in clash)}")
-            model = load_model(self.model_dir)
-        else:
-            model = build_model(ModelConfig(backbone=self.backbone, pooling=self.pooling, weights=self.weights))
-        whitening = None
-        if self.whitening_file is not None:
-            from ..whitening import FittedWhitening
+        return ExtractionSettings(backbone=self.backbone, pooling=self.pooling, weights=self.weights,
+                                  model_dir=self.model_dir, whitening_file=self.whitening_file,
+                                  image_size=self.image_size, scales=list(self.scales),
+                                  batch_size=self.batch_size, device=self.device, workers=self.workers)
 
-            whitening = FittedWhitening.load(self.whitening_file)
-            if whitening.in_dim != model.out_dim:
-                raise RkitError(f"{self.whitening_file} whitens {whitening.in_dim}-D descriptors but this model "
-                                f"gives {model.out_dim}-D ones: fit the whitening on descriptors of the same model")
-        return model, whitening
+    def build(self) -> tuple[RetrievalModel, FittedWhitening | None]:
+        """The model (built from components, or loaded from ``--model``) and the whitening file."""
+        from ..extractor import Extractor
 
-    def extraction_kwargs(self, progress: bool = True) -> dict[str, Any]:
-        """Keyword arguments for :func:`retrievalkit.extract.extract_descriptors`."""
-        return {"image_size": self.image_size, "scales": list(self.scales), "batch_size": self.batch_size,
-                "device": self.device, "num_workers": self.workers, "progress": progress}
-
-    def descriptor_meta(self, model: RetrievalModel, whitening: FittedWhitening | None,
-                        **extra: Any) -> dict[str, Any]:
-        """The ``meta`` of a descriptors file made with these options (as ``rkit extract`` writes)."""
-        meta = {
-            "model": model.config.to_dict(),
-            "model_dir": str(self.model_dir) if self.model_dir is not None else None,
-            "image_size": self.image_size, "scales": list(self.scales),
-            "whitening": whitening.describe(self.whitening_file) if whitening is not None else None,
-            **extra,
-        }
-        return json.loads(json.dumps(meta, default=str))
+        extractor = Extractor.open(self.settings())
+        return extractor.model, extractor.whitening
 
     @classmethod
     def from_descriptor_meta(cls, meta: dict[str, Any], *, base: ModelOptions | None = None) -> ModelOptions:
@@ -240,32 +218,19 @@ _SHOWN_FAILURES = 10
 def extract_with_options(options: ModelOptions, paths: Sequence[str], *, root: Path | None,
                          crops: Sequence[Any] | None = None, checkpoint: Path | None = None,
                          progress: bool = True, what: str = "images"):
-    """Build the model, extract ``paths``, apply the ``--whitening`` file; report timing and failures.
+    """Extract ``paths`` with the options' model and ``--whitening`` file; report timing and failures.
 
     Returns ``(ExtractionResult, meta)``: the result's descriptors are whitened when a whitening
     file was given, and ``meta`` is the descriptors-file meta for them.
     """
-    from ..extract import extract_descriptors
+    from ..extractor import Extractor, failure_lines, require_some
 
-    model, whitening = options.build()
-    result = extract_descriptors(model, paths, root=root, crops=crops, checkpoint=checkpoint,
-                                 **options.extraction_kwargs(progress=progress))
-    if whitening is not None and len(result.paths):
-        result.descriptors = whitening.apply(result.descriptors)
-    click.echo(f"described {len(result.paths)} of {len(paths)} {what} in {result.seconds:.1f} s "
-               f"({model.config.backbone}, {model.config.pooling}, size {options.image_size}, "
-               f"scales {','.join(f'{s:g}' for s in options.scales)}"
-               f"{', whitened' if whitening is not None else ''})", err=True)
+    extractor = Extractor.open(options.settings())
+    result = extractor.extract(paths, root=root, crops=crops, checkpoint=checkpoint, progress=progress)
+    click.echo(f"described {extractor.summary(result, len(paths), what)}", err=True)
     if result.failed:
         click.echo(f"{len(result.failed)} of the {what} could not be read and were skipped:", err=True)
-        for path, reason in result.failed[:_SHOWN_FAILURES]:
-            click.echo(f"  {path}: {reason}", err=True)
-        if len(result.failed) > _SHOWN_FAILURES:
-            click.echo(f"  ... and {len(result.failed) - _SHOWN_FAILURES} more", err=True)
-    if not result.paths:
-        first = "; ".join(f"{p}: {r}" for p, r in result.failed[:3])
-        raise RkitError(f"none of the {len(paths)} {what} could be read ({first}): check the paths")
-    meta = options.descriptor_meta(
-        model, whitening, root=str(root.resolve()) if root is not None else None,
-        failed=[[p, r] for p, r in result.failed], seconds=round(result.seconds, 3))
-    return result, meta
+        for line in failure_lines(result.failed, _SHOWN_FAILURES):
+            click.echo(line, err=True)
+    require_some(result, len(paths), what, hint="check the paths")
+    return result, extractor.meta(result, root=root)

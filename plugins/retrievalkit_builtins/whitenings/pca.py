@@ -9,7 +9,9 @@ keeping the first D components. With ``whiten=false`` the scaling by l^(-1/2) is
 plain PCA dimension reduction, psi(f) = L2(U_D^T (f - m)).
 
 N training descriptors span at most N - 1 directions; asking for more than the numerical rank
-of their covariance is an error (``dim=None`` keeps them all).
+of their covariance is an error (``dim=None`` keeps them all). With N < D the axes come from
+an SVD of the centred descriptors (:func:`retrievalkit.whitening.principal_axes`), not from the
+D x D covariance: the same result, without the D x D eigen-decomposition.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class PCAWhitening:
         self.dim = dim
         self.whiten = whiten
 
-    def fit(self, data: WhiteningData) -> FittedWhitening:
-        mean, values, vectors, rank = principal_axes(data.descriptors)
+    def fit(self, data: WhiteningData, *, in_span: bool = True) -> FittedWhitening:
+        """Learn m and P; ``in_span=False`` forces the dense D x D eigen-decomposition (tests)."""
+        mean, values, vectors, rank = principal_axes(data.descriptors, in_span=in_span)
         keep = check_output_dim(self.dim, rank, "PCA", f"{data.count} descriptors span at most "
                                 f"{max(data.count - 1, 0)} directions")
         projection = vectors[:, :keep].T

@@ -1,0 +1,1 @@
+"""Built-in re-rankers (one module per component)."""
