@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import DiskFullError
+from .errors import DiskFullError, RkitError
 
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 #: below this many free bytes, a writer's vague "write failed" (torch.save says
@@ -109,3 +109,27 @@ def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``target`` atomically."""
     with atomic_path(target, size_hint=len(data)) as tmp:
         tmp.write_bytes(data)
+
+
+def read_json_manifest(file: Path, *, fmt: str, version: int, what: str, missing: str, remedy: str) -> dict:
+    """Read a versioned JSON manifest written next to an output (a descriptor store, an index).
+
+    ``fmt`` and ``version`` are the format tag and the newest version this code reads; ``what``
+    names the thing in messages, ``missing`` says how to make one, ``remedy`` how to replace a
+    damaged one. Each failure is a :class:`RkitError` saying what to do.
+    """
+    import json
+
+    if not file.is_file():
+        raise RkitError(f"{file.parent} is not {what} (no {file.name}): {missing}")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RkitError(f"{file} is damaged ({exc}): {remedy}") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        found = data.get("format") if isinstance(data, dict) else None
+        raise RkitError(f"{file} is not {what} manifest (format {found!r}): {remedy}")
+    if data.get("version", 0) > version:
+        raise RkitError(f"{file.parent} was written by a newer retrievalkit ({what} version "
+                        f"{data['version']}): upgrade retrievalkit")
+    return data

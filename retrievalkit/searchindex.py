@@ -40,7 +40,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from .atomic import write_text_atomic
+from .atomic import read_json_manifest, write_text_atomic
 from .errors import RkitError
 from .index import INDEX_KINDS, ivf_of, load_index, merge_top_k, rerank_exact, search, train_index
 from .store import DescriptorSource, open_descriptors
@@ -271,20 +271,11 @@ def _umask() -> int:
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The ``index.json`` of a saved index, checked for format and version."""
-    manifest_file = folder / MANIFEST
-    if not manifest_file.is_file():
-        hint = " (a single faiss file from an older --save-index: rebuild it)" if folder.is_file() else ""
-        raise RkitError(f"{folder} is not a saved index{hint}: build one with `rkit index build DESCRIPTORS "
-                        f"--out {folder}` or `rkit search DESCRIPTORS --save-index {folder}`")
-    try:
-        manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RkitError(f"{manifest_file} is damaged ({exc}): rebuild the index") from exc
-    if manifest.get("format") != INDEX_FORMAT:
-        raise RkitError(f"{manifest_file} is not an rkit index manifest: rebuild the index")
-    if manifest.get("version", 0) > INDEX_VERSION:
-        raise RkitError(f"{folder} was written by a newer retrievalkit (index version {manifest['version']}): upgrade")
-    return manifest
+    old = " (a single faiss file from an older --save-index: rebuild it)" if folder.is_file() else ""
+    return read_json_manifest(folder / MANIFEST, fmt=INDEX_FORMAT, version=INDEX_VERSION, what="a saved index",
+                              missing=f"build one with `rkit index build DESCRIPTORS --out {folder}` or "
+                                      f"`rkit search DESCRIPTORS --save-index {folder}`{old}",
+                              remedy="rebuild the index")
 
 
 def check_descriptors(folder: Path, manifest: dict[str, Any], source: DescriptorSource, *, prefix: bool) -> None:

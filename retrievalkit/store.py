@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path, write_text_atomic
+from .atomic import atomic_path, read_json_manifest, write_text_atomic
 from .errors import RkitError
 
 STORE_FORMAT = "rkit-descriptor-store"
@@ -185,19 +185,10 @@ def _shard_name(number: int) -> str:
 
 
 def _read_manifest(folder: Path) -> dict[str, Any]:
-    manifest = folder / STORE_MANIFEST
-    if not manifest.is_file():
-        raise RkitError(f"{folder} is not a descriptor store (no {STORE_MANIFEST}): write one with "
-                        f"`rkit extract SOURCE --format shards --out {folder}`")
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RkitError(f"{manifest} is damaged ({exc}): re-extract the store") from exc
-    if data.get("format") != STORE_FORMAT:
-        raise RkitError(f"{manifest} is not a descriptor store manifest (format {data.get('format')!r})")
-    if data.get("version", 0) > STORE_VERSION:
-        raise RkitError(f"{folder} was written by a newer retrievalkit (store version {data['version']}): upgrade")
-    return data
+    return read_json_manifest(folder / STORE_MANIFEST, fmt=STORE_FORMAT, version=STORE_VERSION,
+                              what="a descriptor store",
+                              missing=f"write one with `rkit extract SOURCE --format shards --out {folder}`",
+                              remedy="re-extract the store")
 
 
 class ShardStore(DescriptorSource):

@@ -417,3 +417,11 @@ def test_mapping_bar_is_capped_per_group_and_matching_chunks_are_small():
     second(4)  # the group is done: the bar reaches its total, not more
     assert bar.n == 10
     assert [match_chunk_size(n) for n in (10, 345, 1639, 7626, 100000)] == [32, 32, 41, 191, 200]
+
+
+def test_find_images_follows_linked_folders(tmp_path):
+    noise_images(tmp_path / "elsewhere", 2, size=32)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "photos" / "linked" / "loop").symlink_to(tmp_path / "photos")  # a loop: listed once
+    assert find_images(tmp_path / "photos") == ["linked/noise0.png", "linked/noise1.png"]
