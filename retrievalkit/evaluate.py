@@ -9,7 +9,8 @@ docs/evaluation.md; the formulas (AP, mP@k) live in :mod:`retrievalkit.metrics`.
   collection) and :func:`evaluate_dataset` (a revisited dataset) -> an :class:`Evaluation` that
   prints its table, gives the JSON report and writes the rankings file for ``rkit report``.
 
-Rankings come from :func:`retrievalkit.index.rank_all_scored` (the one neighbour search).
+Rankings come from :func:`retrievalkit.index.rank_all_scored` (the one neighbour search),
+through :func:`retrievalkit.rerank.rank` when a re-ranking chain (``aqe``, ``dba``) is asked for.
 """
 
 from __future__ import annotations

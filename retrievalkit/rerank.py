@@ -51,8 +51,10 @@ class Reranker(Protocol):
 
 
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    """Rows L2-normalised, float32 (the one L2 step: :func:`retrievalkit.descriptors.l2_normalize`)."""
+    from .descriptors import l2_normalize
+
+    return l2_normalize(vectors).astype(np.float32)
 
 
 def weighted_expansion(vectors: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, ids: np.ndarray,
