@@ -53,8 +53,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .atomic import write_text_atomic
 from .components import ComponentSpec
-from .device import release_freed_memory, resolve_device
+from .device import resolve_device
 from .errors import Interrupted, RkitError
+from .memory import reuse_freed_memory
 from .mining import DescriptorRows, NegativeMiner, PositiveMiner, check_enough_negatives
 from .model import ModelConfig, RetrievalModel, build_model
 from .plugins import PluginHost, get_host
@@ -394,7 +395,7 @@ class Trainer:
                    disable=not (self.config.progress and self.ranks.is_main))
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad(), self.autocast():
+        with torch.no_grad(), self.autocast(), reuse_freed_memory():
             for item in loader:
                 failed += item["failed"]
                 for group_ids, images in zip(item["ids"], item["images"]):
@@ -499,9 +500,12 @@ class Trainer:
         if self.bad_images:
             rows = rows[~np.isin(rows, list(self.bad_images)).any(axis=1)]
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            embeddings, local = self.forward_groups(batch, rows)
-        loss, sums = self.tuple_losses(embeddings, local)
+        with reuse_freed_memory():   # activations reuse freed heap; handed back after the step
+            with self.autocast():
+                embeddings, local = self.forward_groups(batch, rows)
+            loss, sums = self.tuple_losses(embeddings, local)
+            if loss.requires_grad:   # DDP averages gradients over ranks: x world = the global sum
+                self.scaler.scale(loss * self.ranks.world).backward()
         position_after = min(state.position + self.config.tuples_per_batch, len(state.tuples))
         save = self.ranks.is_main and self.checkpoint_every.due(self.last_save, state.position, position_after)
         totals = self.ranks.all_sum(sums + [float(self.stops.requested is not None), float(save)])
@@ -510,14 +514,11 @@ class Trainer:
                 f"the loss became {totals[0]} in epoch {self.epoch + 1}; the run stopped and the last good "
                 f"checkpoint ({self.saved_where}) is kept in {self.run_dir}. Lower --lr (now {self.config.lr}) "
                 f"and resume with --resume, or start again.")
-        if loss.requires_grad:   # DDP averages gradients over ranks: x world = the global sum
-            self.scaler.scale(loss * self.ranks.world).backward()
         if totals[3] > 0:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         state.sums = [a + b for a, b in zip(state.sums, totals[:4])]
         self.stop_agreed = totals[4] > 0
-        release_freed_memory()   # activations of many shapes: keep the heap from creeping up
         return totals[5] > 0
 
     def forward_groups(self, batch: dict[str, Any], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -173,7 +173,10 @@ def image_loader(dataset: ImageGroupsDataset, workers: int, device: torch.device
     """A DataLoader over ``dataset`` (one item per iteration, in order): ``workers`` decoding
     processes that die with this one, ``prefetch`` items ahead per worker, pinned memory on CUDA."""
     workers = workers if len(dataset) > 1 else 0
+    # its own generator: creating a loader must not draw from torch's global generator, or a run
+    # resumed mid-epoch (one loader fewer) would continue with other dropout draws
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                      generator=torch.Generator().manual_seed(0),
                       collate_fn=None, pin_memory=device.type == "cuda",
                       worker_init_fn=WorkerInit() if workers else None,
                       prefetch_factor=prefetch if workers else None)

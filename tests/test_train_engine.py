@@ -301,3 +301,13 @@ def test_checkpoint_every_parses_seconds_and_tuples():
     assert CheckpointEvery.parse("200t").due(0.0, 190, 205) and not CheckpointEvery.parse("200t").due(0.0, 0, 5)
     with pytest.raises(RkitError, match="checkpoint-every"):
         CheckpointEvery.parse("often")
+
+
+def test_making_a_loader_leaves_torchs_generator_alone():
+    # a run resumed mid-epoch makes one loader fewer; dropout draws after it must not shift
+    from retrievalkit.tupledata import image_loader
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    list(image_loader([torch.zeros(1)] * 3, 0, torch.device("cpu")))
+    assert torch.equal(before, torch.get_rng_state())

@@ -117,5 +117,6 @@ def command(ctx: click.Context, resume: bool, **options: object) -> None:
             write_resolved_config(Path(config.run_dir), ctx)
 
     result = train(config, resume=resume, log=lambda message: click.echo(message, err=True), on_start=write_config)
-    click.echo(f"model saved to {result.model_dir}")
-    click.echo(f"use it with: rkit eval IMAGES --model {result.model_dir}  (or rkit extract ... --model)")
+    if result.summary:   # rank 0 under torchrun (the other ranks saved nothing)
+        click.echo(f"model saved to {result.model_dir}")
+        click.echo(f"use it with: rkit eval IMAGES --model {result.model_dir}  (or rkit extract ... --model)")
