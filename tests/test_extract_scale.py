@@ -22,10 +22,18 @@ from retrievalkit.cli import main
 from retrievalkit.descriptors import DescriptorSet
 from retrievalkit.model import ModelConfig, build_model
 
-torch.set_num_threads(1)
-
 SIZES = [(96, 64), (64, 96), (96, 64), (80, 80), (96, 64), (96, 64), (64, 96)]
 COMMON = ["--image-size", "96", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread for every in-process run of this module, whatever earlier tests set (an in-process
+    `rkit train` chooses its own count), so the results compare bit for bit with torchrun's ranks."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
