@@ -367,9 +367,11 @@ class Trainer:
             self.shapes[index] = resized_shape(width, height, self.config.image_size)
         return self.shapes[indices]
 
-    def describe(self, indices: np.ndarray, cache: PixelCache | None = None) -> DescriptorRows:
+    def describe(self, indices: np.ndarray, cache: PixelCache | None = None,
+                 label: str | None = None) -> DescriptorRows:
         """Pooled descriptors of ``indices`` with the current network, the work split over the
-        ranks and gathered; ``cache`` keeps the decoded pixels for the epoch's training steps."""
+        ranks and gathered; ``cache`` keeps the decoded pixels for the epoch's training steps;
+        ``label`` names the progress bar (default: this epoch's mining)."""
         from .extract import group_batches
 
         indices = np.asarray(indices, dtype=np.int64)
@@ -377,13 +379,13 @@ class Trainer:
         readable = indices[shapes[:, 0] > 0]
         batches = group_batches([tuple(s) for s in self.shapes[readable]], self.config.extract_batch_size)
         mine = [readable[b] for b in batches[self.ranks.rank::self.ranks.world]]
-        parts = self.ranks.gather(self.embed_batches(mine, cache))
+        parts = self.ranks.gather(self.embed_batches(mine, cache, label))
         for index, reason in (failure for _, _, failed in parts for failure in failed):
             self.note_bad_image(int(index), reason)
         return DescriptorRows(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                               len(self.db))
 
-    def embed_batches(self, batches: list[np.ndarray], cache: PixelCache | None
+    def embed_batches(self, batches: list[np.ndarray], cache: PixelCache | None, label: str | None = None
                       ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
         from tqdm import tqdm
 
@@ -391,7 +393,7 @@ class Trainer:
         ids, vectors, failed = [np.zeros(0, np.int64)], [np.zeros((0, dim), np.float32)], []
         loader = image_loader(ImageGroupsDataset(self.paths, batches, self.config.image_size),
                               self.config.num_workers, self.device)
-        bar = tqdm(total=sum(len(b) for b in batches), desc=f"epoch {self.epoch + 1} mining", unit="img",
+        bar = tqdm(total=sum(len(b) for b in batches), desc=label or f"epoch {self.epoch + 1} mining", unit="img",
                    disable=not (self.config.progress and self.ranks.is_main))
         was_training = self.model.training
         self.model.eval()
@@ -608,7 +610,7 @@ class Trainer:
         if config.whiten == "none" and config.whiten_dim is None:
             return {"method": "none"}
         everything = self.usable(np.arange(len(self.db), dtype=np.int64))
-        descriptors = self.describe(everything)
+        descriptors = self.describe(everything, label="whitening pairs")
         everything = self.usable(everything)
         if not self.ranks.is_main:
             return {}
