@@ -14,85 +14,21 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
-from torch import nn
 
-from retrievalkit import Component, hookimpl
 from retrievalkit.errors import RkitError
 from retrievalkit.model import load_model
 from retrievalkit.plugins import PluginHost
 from retrievalkit.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, subset_database, train
 from retrievalkit.trainingdb import TrainingDatabase
 
+from tinytrain import TinyBackbone, make_database, make_host  # tiny-cnn backbone, nan-after loss, 3 x 4 views
+
 TIMING_KEYS = {"mining_s", "training_s", "tuples_per_s", "val_s"}
-
-
-class TinyBackbone(nn.Module):
-    """conv-BN-ReLU-conv: 16 channels at 1/4 resolution."""
-
-    mean = (0.5, 0.5, 0.5)
-    std = (0.25, 0.25, 0.25)
-    out_channels = 16
-
-    def __init__(self, weights: str = "none") -> None:
-        super().__init__()
-        torch.manual_seed(1)
-        self.layers = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                    nn.Conv2d(8, 16, 3, stride=2, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class NaNAfter(nn.Module):
-    """A loss that is the contrastive loss for ``calls`` calls, then NaN."""
-
-    def __init__(self, calls: int = 3) -> None:
-        super().__init__()
-        self.calls, self.seen = calls, 0
-
-    def forward(self, embeddings: torch.Tensor, tuples: torch.Tensor) -> torch.Tensor:
-        self.seen += 1
-        value = (embeddings[tuples[:, 0]] - embeddings[tuples[:, 1]]).pow(2).sum()
-        return value if self.seen <= self.calls else value * float("nan")
-
-
-class TestPlugin:
-    @hookimpl
-    def rkit_backbones(self) -> list[Component]:
-        return [Component("tiny-cnn", TinyBackbone, "test backbone")]
-
-    @hookimpl
-    def rkit_losses(self) -> list[Component]:
-        return [Component("nan-after", NaNAfter, "test loss that turns NaN")]
 
 
 @pytest.fixture(scope="module")
 def host() -> PluginHost:
-    plugin_host = PluginHost()
-    plugin_host.register(TestPlugin(), name="test-train-plugin")
-    return plugin_host
-
-
-def make_database(root: Path) -> TrainingDatabase:
-    """3 places x 4 views; views of a place see overlapping ranges of that place's points."""
-    rng = np.random.default_rng(0)
-    images, clusters, points, depths = [], [], [], []
-    for place in range(3):
-        base = rng.integers(0, 255, size=(3, 12, 16)).astype(np.uint8)
-        for view in range(4):
-            shifted = np.roll(base, view, axis=2).transpose(1, 2, 0)
-            picture = Image.fromarray(shifted).resize((64, 48), Image.Resampling.NEAREST)
-            name = f"place{place}/view{view}.png"
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            picture.save(root / name)
-            images.append(name)
-            clusters.append(place)
-            ids = np.arange(100 * place + 5 * view, 100 * place + 5 * view + 20)
-            points.append(ids)
-            depths.append(np.full(len(ids), 10.0 + view))
-    return TrainingDatabase(images=images, clusters=clusters, point_ids=points, point_depths=depths,
-                            focals=np.full(12, 60.0), root=root)
+    return make_host()
 
 
 @pytest.fixture(scope="module")
