@@ -250,6 +250,13 @@ def _check_field(ok: bool, path: Path, where: str, value: Any, expected: str) ->
                         f"damaged or was edited; write it again with `rkit eval ... --save-rankings {path}`")
 
 
+def _check_numbers(values: Any, path: Path, where: str) -> None:
+    """An object whose every value is a number (precision / mP at each k)."""
+    _check_field(isinstance(values, dict), path, where, values, "an object")
+    for k, value in values.items():
+        _check_field(_is_number(value), path, f"{where}.{k}", value, "a number")
+
+
 def _check_query(entry: Any, path: Path, where: str) -> None:
     _check_field(isinstance(entry, dict), path, where, entry, "an object")
     _check_field(isinstance(entry.get("query"), str), path, f"{where}.query", entry.get("query"), "a path")
@@ -257,10 +264,7 @@ def _check_query(entry: Any, path: Path, where: str) -> None:
     n_pos = entry.get("n_positives")
     _check_field(n_pos is None or (isinstance(n_pos, int) and not isinstance(n_pos, bool)), path,
                  f"{where}.n_positives", n_pos, "a whole number")
-    precision = entry.get("precision") or {}
-    _check_field(isinstance(precision, dict), path, f"{where}.precision", precision, "an object")
-    for k, value in precision.items():
-        _check_field(_is_number(value), path, f"{where}.precision.{k}", value, "a number")
+    _check_numbers(entry.get("precision") or {}, path, f"{where}.precision")
     top = entry.get("top", [])
     _check_field(isinstance(top, list), path, f"{where}.top", top, "a list")
     for i, item in enumerate(top):
@@ -277,10 +281,7 @@ def _check_rankings(doc: dict[str, Any], path: Path) -> None:
         where = f"settings.{name}"
         _check_field(isinstance(block, dict), path, where, block, "an object")
         _check_field(_is_number(block.get("map")), path, f"{where}.map", block.get("map"), "a number")
-        mp = block.get("mp_at_k") or {}
-        _check_field(isinstance(mp, dict), path, f"{where}.mp_at_k", mp, "an object")
-        for k, value in mp.items():
-            _check_field(_is_number(value), path, f"{where}.mp_at_k.{k}", value, "a number")
+        _check_numbers(block.get("mp_at_k") or {}, path, f"{where}.mp_at_k")
         queries = block.get("queries", [])
         _check_field(isinstance(queries, list), path, f"{where}.queries", queries, "a list")
         for q, entry in enumerate(queries):

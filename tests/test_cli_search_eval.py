@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from retrievalkit.cli import main
+from clirun import run, run_error
 from retrievalkit.descriptors import DescriptorSet
 
 TINY = ("--backbone", "efficientnet-lite0", "--image-size", "64", "--workers", "0", "--device", "cpu",
@@ -25,17 +25,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def run(*args) -> None:
-    main([str(a) for a in args])
-
-
-def run_error(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run(*args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from retrievalkit.cli import main
+from clirun import run, run_error
 from retrievalkit.descriptors import DescriptorSet
 from retrievalkit.errors import RkitError
 from retrievalkit.index import merge_top_k, rerank_exact
@@ -36,17 +36,6 @@ def names(n: int, start: int = 0) -> list[str]:
     return [f"img/{i}.jpg" for i in range(start, start + n)]
 
 
-def run(*args) -> None:
-    main([str(a) for a in args])
-
-
-def run_error(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run(*args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.fixture

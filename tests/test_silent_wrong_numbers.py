@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from retrievalkit.cli import main
+import clirun
 from retrievalkit.datasets import folder_labels, read_labels
 from retrievalkit.descriptors import DescriptorSet, NonFiniteDescriptorsError, check_finite
 from retrievalkit.errors import RkitError
@@ -20,16 +20,9 @@ from retrievalkit.index import build_index, rank_all, rank_all_scored, search
 from retrievalkit.metrics import MetricError, ranking_statistics
 
 
-def run(*args) -> None:
-    main([str(a) for a in args])
-
-
 def run_error(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run(*args)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.startswith("Error: ")
+    err = clirun.run_error(capsys, *args)
+    assert err.startswith("Error: ")
     return err
 
 
