@@ -20,3 +20,13 @@ def run_error(capsys, *args) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return err
+
+
+def torchrun(ranks: int) -> list[str]:
+    """The start of a one-machine ``torchrun`` command line for tests: c10d rendezvous on
+    127.0.0.1 port 0 (torch binds a free port itself, so no port is picked first and raced for),
+    no restarts (a failing rank fails the test)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(ranks),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--max-restarts", "0"]

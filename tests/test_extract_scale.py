@@ -9,15 +9,14 @@ sets OMP_NUM_THREADS=1 for its processes): then the results are bitwise identica
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from clirun import torchrun
 from retrievalkit.cli import main
 from retrievalkit.descriptors import DescriptorSet
 from retrievalkit.model import ModelConfig, build_model
@@ -125,20 +124,12 @@ def test_merge_refuses_an_incomplete_shard(collection, single, capsys) -> None:
     assert "are in no shard" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_torchrun_two_ranks_write_one_file_equal_to_one_process(collection, single) -> None:
     out = collection / "ranks.npz"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-               "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "retrievalkit",
-               "extract", str(collection / "imgs"), "--model", str(collection / "model"), *COMMON,
+    command = [*torchrun(2), "-m", "retrievalkit", "extract", str(collection / "imgs"), "--model", str(collection / "model"), *COMMON,
                "--out", str(out)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -19,6 +19,7 @@ import torch
 
 from retrievalkit.errors import RkitError
 from retrievalkit.train import CHECKPOINT_NAME, METRICS_NAME, train
+from clirun import torchrun
 from tinytrain import config, make_database, make_host
 
 HERE = Path(__file__).resolve().parent
@@ -40,8 +41,7 @@ def run_script(db_dir: Path, run_dir: Path, *options: str, resume: bool = False,
                ranks: int = 1) -> subprocess.CompletedProcess:
     launcher = [sys.executable]
     if ranks > 1:
-        launcher += ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(ranks),
-                     "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", "--max-restarts", "0"]
+        launcher = torchrun(ranks)
     command = launcher + [str(SCRIPT), str(db_dir), str(run_dir), *options] + (["--resume"] if resume else [])
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), **(env or {})}
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=240)
