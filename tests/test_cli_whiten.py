@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrievalkit.cli import main
+from clirun import run, run_error
 from retrievalkit.descriptors import DescriptorSet
 from retrievalkit.whitening import FittedWhitening, WhiteningData, fit_whitening
 
@@ -19,10 +19,6 @@ def train_file(tmp_path):
     x = np.repeat(centres, 4, axis=0) + 0.3 * rng.normal(size=(16, 6))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return DescriptorSet(x, PATHS, {"pooling": "mac"}).save(tmp_path / "train.npz")
-
-
-def run(*args: str) -> None:
-    main([str(a) for a in args])
 
 
 def test_fit_learned_from_folder_labels_then_apply(train_file, tmp_path, capsys):
@@ -71,29 +67,20 @@ def test_fit_from_pairs_file_and_labels_file(train_file, tmp_path):
     assert FittedWhitening.load(tmp_path / "l.npz").meta["n_negative_pairs"] == 64
 
 
-def _fails(capsys, *args) -> str:
-    with pytest.raises(SystemExit) as exc:
-        run(*args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err
-
-
 def test_user_errors_exit_2_with_what_to_do(train_file, tmp_path, capsys):
-    err = _fails(capsys, "whiten", "fit", train_file, "--out", tmp_path / "w.npz")
+    err = run_error(capsys, "whiten", "fit", train_file, "--out", tmp_path / "w.npz")
     assert "needs matching and non-matching pairs" in err and "--labels folder" in err
-    err = _fails(capsys, "whiten", "fit", train_file, "--method", "pca", "--dim", "16", "--out", tmp_path / "w.npz")
+    err = run_error(capsys, "whiten", "fit", train_file, "--method", "pca", "--dim", "16", "--out", tmp_path / "w.npz")
     assert "at most 6 meaningful dimensions" in err and "--dim 6" in err
-    err = _fails(capsys, "whiten", "fit", tmp_path / "missing.npz", "--method", "pca", "--out", tmp_path / "w.npz")
+    err = run_error(capsys, "whiten", "fit", tmp_path / "missing.npz", "--method", "pca", "--out", tmp_path / "w.npz")
     assert "does not exist" in err and "rkit extract" in err
-    err = _fails(capsys, "whiten", "fit", train_file, "--labels", "nolabels.txt", "--out", tmp_path / "w.npz")
+    err = run_error(capsys, "whiten", "fit", train_file, "--labels", "nolabels.txt", "--out", tmp_path / "w.npz")
     assert "write 'folder'" in err
     assert not (tmp_path / "w.npz").exists()
     DescriptorSet(np.ones((2, 4), np.float32), ["a", "b"]).save(tmp_path / "other.npz")
     run("whiten", "fit", train_file, "--method", "pca", "--dim", "2", "--out", tmp_path / "w.npz")
-    err = _fails(capsys, "whiten", "apply", tmp_path / "other.npz", "--whiten", tmp_path / "w.npz",
+    err = run_error(capsys, "whiten", "apply", tmp_path / "other.npz", "--whiten", tmp_path / "w.npz",
                  "--out", tmp_path / "o.npz")
     assert "expects 6-D descriptors" in err and "same model" in err
-    err = _fails(capsys, "whiten", "apply", train_file, "--whiten", tmp_path / "none.npz", "--out", tmp_path / "o.npz")
+    err = run_error(capsys, "whiten", "apply", train_file, "--whiten", tmp_path / "none.npz", "--out", tmp_path / "o.npz")
     assert "rkit whiten fit" in err
