@@ -159,6 +159,36 @@ def interleaved_timings(args, work: Path, configs: list) -> list[float]:
     return best
 
 
+def full_plan(nlist: int) -> list:
+    """(label, folder, index parameters, shards, searches): the 1M comparison of every option."""
+    small, large = nlist, 4 * nlist
+    return [
+        (f"ivfpq, nlist {small}", "ivfpq", dict(pq_m=16, nlist=small), 1,
+         [dict(nprobe=16, rerank_k=0), dict(nprobe=16, rerank_k=400)]),
+        (f"ivfpq+opq, nlist {small}", "ivfpq+opq", dict(pq_m=16, nlist=small, opq=True), 1,
+         [dict(nprobe=16, rerank_k=400)]),
+        (f"ivfpq 8 B, nlist {small}", "ivfpq_8_B", dict(pq_m=8, nlist=small), 1, [dict(nprobe=16, rerank_k=800)]),
+        (f"ivfpq, nlist {large}", "ivfpq_nlist_4x", dict(pq_m=16, nlist=large), 1,
+         [dict(nprobe=8, rerank_k=0), dict(nprobe=8, rerank_k=100), dict(nprobe=8, rerank_k=200),
+          dict(nprobe=8, rerank_k=200, refine_flat=True), dict(nprobe=16, rerank_k=400)]),
+        (f"ivfpq, nlist {large}, 4 shards", "ivfpq_nlist_4x_4_shards", dict(pq_m=16, nlist=large), 4,
+         [dict(nprobe=8, rerank_k=50)]),
+    ]
+
+
+def scale_plan(nlist: int) -> list:
+    """One IVF-PQ index (16-byte codes), searched with growing probes and shortlists, and the same
+    in 4 shards, each re-ranking a quarter of the shortlist (10M and up)."""
+    return [(f"ivfpq, nlist {nlist}", f"ivfpq_nlist_{nlist}", dict(pq_m=16, nlist=nlist), 1,
+             [dict(nprobe=8, rerank_k=0)] + [dict(nprobe=8, rerank_k=r) for r in (200, 500, 1000)]
+             + [dict(nprobe=16, rerank_k=r) for r in (500, 1000, 2000)]),
+            (f"ivfpq, nlist {nlist}, 4 shards", f"ivfpq_nlist_{nlist}_4_shards", dict(pq_m=16, nlist=nlist), 4,
+             [dict(nprobe=8, rerank_k=250)])]
+
+
+PLANS = {"full": full_plan, "scale": scale_plan}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -169,7 +199,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--nlist", type=int, default=1024)
     parser.add_argument("--train-size", type=int, default=100_000)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="faiss threads while searching.")
+    parser.add_argument("--build-threads", type=int, default=0,
+                        help="faiss threads while building (default: as --threads).")
+    parser.add_argument("--plan", choices=sorted(PLANS), default="full",
+                        help="full: every option at one size; scale: one IVF-PQ index, several shortlists.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/rkit-bench-scale"))
     parser.add_argument("--out", type=Path, default=None, help="Also write the Markdown table here.")
@@ -193,30 +227,20 @@ def main() -> None:
     gen_s = time.perf_counter() - started
     np.save(work / "queries.npy", make_queries(store, args.queries, args.spread, args.seed))
     store_mb = sum(f.stat().st_size for f in store.iterdir()) / 2 ** 20
+    faiss.omp_set_num_threads(args.build_threads or args.threads)
     configs = [("flat (exact)", build(args, store, work, "flat", kind="flat"), {})]
-    small, large = args.nlist, 4 * args.nlist
-    plans = [   # (label, folder, index parameters, shards, searches)
-        (f"ivfpq, nlist {small}", "ivfpq", dict(pq_m=16, nlist=small), 1,
-         [dict(nprobe=16, rerank_k=0), dict(nprobe=16, rerank_k=400)]),
-        (f"ivfpq+opq, nlist {small}", "ivfpq+opq", dict(pq_m=16, nlist=small, opq=True), 1,
-         [dict(nprobe=16, rerank_k=400)]),
-        (f"ivfpq 8 B, nlist {small}", "ivfpq_8_B", dict(pq_m=8, nlist=small), 1, [dict(nprobe=16, rerank_k=800)]),
-        (f"ivfpq, nlist {large}", "ivfpq_nlist_4x", dict(pq_m=16, nlist=large), 1,
-         [dict(nprobe=8, rerank_k=0), dict(nprobe=8, rerank_k=100), dict(nprobe=8, rerank_k=200),
-          dict(nprobe=8, rerank_k=200, refine_flat=True), dict(nprobe=16, rerank_k=400)]),
-        (f"ivfpq, nlist {large}, 4 shards", "ivfpq_nlist_4x_4_shards", dict(pq_m=16, nlist=large), 4,
-         [dict(nprobe=8, rerank_k=50)]),
-    ]
-    for name, folder_name, params, shards, searches in plans:
+    for name, folder_name, params, shards, searches in PLANS[args.plan](args.nlist):
         built = build(args, store, work, folder_name, shards=shards, kind="ivfpq", **params)
         configs += [(name, built, kwargs) for kwargs in searches]
+    faiss.omp_set_num_threads(args.threads)
     measured = [run_child(args, folder, work, **kwargs) for _, (folder, _, _), kwargs in configs]
     truth = measured[0][1]
     best = interleaved_timings(args, work, configs)
     lines = [f"N = {args.n:,} x {args.dim}-D float32 (store: {store_mb:.0f} MB on disk, generated in {gen_s:.0f} s), "
              f"{args.queries} queries (recall), {args.timing_queries} of them timed in {args.rounds} interleaved "
              f"rounds (fastest round counts), k = {args.k}, nlist = {args.nlist}, quantisers trained on "
-             f"{args.train_size:,} rows, faiss on {args.threads} thread(s).", "",
+             f"{args.train_size:,} rows, faiss on {args.threads} thread(s) searching, "
+             f"{args.build_threads or args.threads} building, plan {args.plan!r}.", "",
              "| index | search | build s | index MB | ms / query | speed-up vs flat | recall@10 | "
              "first pass ms / query | peak RSS MB | private MB | file-backed MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

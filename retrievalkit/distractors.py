@@ -18,6 +18,9 @@ a database of ``images + distractors``.
   flat`` exact, or e.g. ``ivfpq:nlist=8192:pq_m=64:nprobe=64`` for 1M x 2048-D). Each query's
   ranking is cut at ``top`` (default 10,000): a positive ranked lower counts as not retrieved,
   which changes AP by less than 1/``top`` per such positive.
+* **Re-ranking** (``--rerank dba+aqe``, :mod:`retrievalkit.rerank`) works on the combined
+  database: DBA replaces images and distractors alike, their neighbours found through an index
+  of the ``--distractor-index`` kind, and alpha-QE expands the queries in the augmented one.
 """
 
 from __future__ import annotations
@@ -115,25 +118,40 @@ def distractor_descriptors(data_root: str | Path, name: str, settings: dict[str,
 
 
 def rank_with_distractors(queries: np.ndarray, database: np.ndarray, distractors: np.ndarray, *,
-                          index: str = "flat", top: int = DEFAULT_TOP) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``top`` rows of ``[database; distractors]`` for each query, through a faiss index."""
-    from .index import build_index, search
+                          index: str = "flat", top: int = DEFAULT_TOP, rerank: str | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``top`` rows of ``[database; distractors]`` for each query, through a faiss index.
+
+    ``rerank`` (e.g. ``dba+aqe``) runs its steps on the combined database, their neighbours
+    searched through an index of the same kind; the augmented database gets its own index.
+    """
+    from .index import build_index
+    from .rerank import Neighbours, as_chain
 
     if distractors.shape[1] != database.shape[1]:
         raise RkitError(f"the distractor descriptors have {distractors.shape[1]} dimensions, the dataset's "
                         f"{database.shape[1]}: describe both with the same model and whitening")
     kind, options = parse_index_spec(index)
     nprobe = options.pop("nprobe", None)
+
+    def indexed(matrix: np.ndarray) -> Neighbours:
+        return Neighbours(matrix, build_index(matrix, kind, nprobe=nprobe, **options))
+
     combined = np.concatenate([database, distractors]).astype(np.float32)
-    built = build_index(combined, kind, nprobe=nprobe, **options)
-    scores, ids = search(built, queries, min(int(top), len(combined)))
+    chain = as_chain(rerank)
+    if chain is not None:
+        combined = chain.transform_database(combined, indexed, searched_by=index)
+    neighbours = indexed(combined)
+    if chain is not None:
+        queries = chain.transform_queries(queries, neighbours)
+    scores, ids = neighbours(np.asarray(queries, np.float32), min(int(top), len(combined)))
     return ids, scores
 
 
 def evaluate_with_distractors(dataset: RevisitedDataset, queries: np.ndarray, database: np.ndarray,
                               distractors: np.ndarray, *, query_ids: Sequence[int], database_ids: Sequence[int],
                               ks: Sequence[int] = DEFAULT_KS, index: str = "flat",
-                              top: int = DEFAULT_TOP) -> dict[str, EvaluationResult]:
+                              top: int = DEFAULT_TOP, rerank: str | None = None) -> dict[str, EvaluationResult]:
     """Like :func:`retrievalkit.evaluate.evaluate_revisited`, on ``images + distractors``.
 
     Database ids ``0 .. len(dataset.images)-1`` are the dataset's images, the distractors follow.
@@ -142,7 +160,8 @@ def evaluate_with_distractors(dataset: RevisitedDataset, queries: np.ndarray, da
     query_ids = np.asarray(query_ids, dtype=np.int64)
     database_ids = np.asarray(database_ids, dtype=np.int64)
     rows, scores = rank_with_distractors(np.asarray(queries, np.float32), np.asarray(database, np.float32),
-                                         np.asarray(distractors, np.float32), index=index, top=top)
+                                         np.asarray(distractors, np.float32), index=index, top=top,
+                                         rerank=rerank)
     row_to_id = np.concatenate([database_ids, n_images + np.arange(len(distractors), dtype=np.int64)])
     rankings = np.full((n_queries, rows.shape[1]), -1, dtype=np.int64)
     rankings[query_ids] = np.where(rows >= 0, row_to_id[np.maximum(rows, 0)], -1)
@@ -160,7 +179,7 @@ def evaluate_with_distractors(dataset: RevisitedDataset, queries: np.ndarray, da
 
 def evaluate_distractor_set(dataset: RevisitedDataset, queries: np.ndarray, database: np.ndarray,
                             distractors: DescriptorSet, query_ids: Sequence[int], database_ids: Sequence[int], *,
-                            ks: Sequence[int] = DEFAULT_KS, index: str = "flat"
+                            ks: Sequence[int] = DEFAULT_KS, index: str = "flat", rerank: str | None = None
                             ) -> tuple[dict[str, EvaluationResult], dict[str, Any]]:
     """:func:`evaluate_with_distractors` for a descriptors set; also returns ``{"count", "paths"}``,
     the distractor paths relative to the dataset's image folder (for the rankings file)."""
@@ -170,7 +189,7 @@ def evaluate_distractor_set(dataset: RevisitedDataset, queries: np.ndarray, data
 
     check_finite(distractors.descriptors, "the distractor descriptors", paths=distractors.paths)
     results = evaluate_with_distractors(dataset, queries, database, distractors.descriptors, query_ids=query_ids,
-                                        database_ids=database_ids, ks=ks, index=index)
+                                        database_ids=database_ids, ks=ks, index=index, rerank=rerank)
     root = distractors.meta.get("root")
     paths = [os.path.relpath(Path(root) / p, dataset.image_dir) if root and dataset.root is not None else p
              for p in distractors.paths]

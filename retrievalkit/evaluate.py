@@ -446,14 +446,12 @@ def evaluate_dataset(dataset: RevisitedDataset, database: DescriptorSet, queries
         results = evaluate_revisited(dataset, queries.descriptors[query_rows], database.descriptors[database_rows],
                                      query_ids=query_ids, database_ids=database_ids, settings=settings, ks=ks, top=top,
                                      rerank=rerank)
-    elif _rerank_info(rerank):
-        raise RkitError("--rerank with --distractors is not supported yet: leave one of them out")
     else:   # the R1M protocol: retrievalkit/distractors.py
         from .distractors import evaluate_distractor_set
 
         results, extra = evaluate_distractor_set(dataset, queries.descriptors[query_rows],
                                                  database.descriptors[database_rows], distractors, query_ids,
-                                                 database_ids, ks=ks, index=distractor_index)
+                                                 database_ids, ks=ks, index=distractor_index, rerank=rerank)
     seconds = time.perf_counter() - started
     protocol = "revisited" if dataset.is_revisited else "classic"
     info = {"dataset": dataset.name, "images": len(dataset.images), "queries": len(dataset.queries),

@@ -69,13 +69,14 @@ def weighted_expansion(vectors: np.ndarray, neighbours: np.ndarray, scores: np.n
 
 
 class Neighbours:
-    """Exact top-``k`` search in ``database`` (faiss flat inner product) and row look-up."""
+    """Top-``k`` search in ``database`` and row look-up: exact (faiss flat inner product) unless
+    ``index``, a faiss index of the same rows (e.g. IVF-PQ over a million distractors), is given."""
 
-    def __init__(self, database: np.ndarray) -> None:
+    def __init__(self, database: np.ndarray, index: Any = None) -> None:
         from .index import build_index
 
         self.database = np.ascontiguousarray(database, dtype=np.float32)
-        self.index = build_index(self.database)
+        self.index = build_index(self.database) if index is None else index
 
     def _top(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         from .index import search
@@ -174,13 +175,21 @@ class RerankChain:
     def __str__(self) -> str:
         return "+".join(step.spec for step in self.steps) or NONE
 
-    def transform_database(self, database: np.ndarray) -> np.ndarray:
-        """The database after every database-side step (cached per database and steps)."""
+    def transform_database(self, database: np.ndarray,
+                           neighbours: Callable[[np.ndarray], Neighbours] = Neighbours,
+                           searched_by: str = "exact") -> np.ndarray:
+        """The database after every database-side step (cached per database, steps and search).
+
+        ``neighbours(matrix)`` searches a matrix (default exact); ``searched_by`` names how, so
+        results of an approximate search are cached apart from exact ones.
+        """
         current = np.ascontiguousarray(database, dtype=np.float32)
         key = array_fingerprint(current) if any(s.on_database for s in self.steps) else ""
+        if searched_by != "exact":
+            key = hashlib.blake2b(f"{key}|{searched_by}".encode(), digest_size=16).hexdigest()
         for step in (s for s in self.steps if s.on_database):
             key = hashlib.blake2b(f"{key}|{step.spec}".encode(), digest_size=16).hexdigest()
-            current = self._cached(key, lambda: step.reranker.augment_database(current, Neighbours(current)))
+            current = self._cached(key, lambda: step.reranker.augment_database(current, neighbours(current)))
             if current.shape[0] != database.shape[0]:
                 raise RkitError(f"re-ranker {step.spec} returned {current.shape[0]} database vectors for "
                                 f"{database.shape[0]}: augment_database must keep one row per image")
@@ -189,6 +198,11 @@ class RerankChain:
     @property
     def on_database(self) -> bool:
         return any(step.on_database for step in self.steps)
+
+    @property
+    def database_spec(self) -> str:
+        """The database-side steps, as resolved (``dba:alpha=3:k=2``; ``""`` for none)."""
+        return "+".join(step.spec for step in self.steps if step.on_database)
 
     def transform_queries(self, queries: np.ndarray, database: np.ndarray | Neighbours,
                           self_rows: np.ndarray | None = None) -> np.ndarray:

@@ -20,6 +20,11 @@ index of them that lives in a folder next to the descriptors it was built from::
   their top-k lists merged exactly (:func:`retrievalkit.index.merge_top_k`).
 * **Appending.** :meth:`SearchIndex.add` indexes the rows the descriptors gained since the
   index was built as a new shard, without retraining or rewriting the others.
+* **Database-side re-ranking.** Built with a chain such as ``dba`` (:mod:`retrievalkit.rerank`),
+  the index covers the *augmented* database, which is saved inside it (``INDEX/augmented-database/``,
+  a descriptor store) and records the chain and the plain descriptors it was derived from.
+  Loading it asks for the same chain; it cannot grow (DBA of a new image changes its
+  neighbours' vectors too): rebuild it.
 * **Safety.** Loading checks the descriptors against the recorded row count, dimension and
   :meth:`~retrievalkit.store.DescriptorSource.fingerprint`; a mismatch is refused. Every file
   is written atomically, ``index.json`` last.
@@ -43,7 +48,7 @@ import numpy as np
 from .atomic import read_json_manifest, write_text_atomic
 from .errors import RkitError
 from .index import INDEX_KINDS, ivf_of, load_index, merge_top_k, rerank_exact, search, train_index
-from .store import DescriptorSource, open_descriptors
+from .store import DescriptorSource, open_descriptors, write_store
 
 INDEX_FORMAT = "rkit-index"
 INDEX_VERSION = 1
@@ -52,6 +57,8 @@ MANIFEST = "index.json"
 #: 16-byte codes (bench/bench_search_scale.py) recall@10 was 0.98 with 400 at nlist 1,024 (100 gave
 #: 0.66) and 1.00 with 400 at nlist 4,096 (200 gave 0.99).
 DEFAULT_RERANK_K = 400
+#: Store folder, inside a saved index, of the database after database-side re-ranking (DBA).
+AUGMENTED = "augmented-database"
 
 
 @dataclasses.dataclass
@@ -133,10 +140,19 @@ class SearchIndex:
     # -- building ---------------------------------------------------------------------------
     @classmethod
     def build(cls, source: DescriptorSource | str | Path, params: IndexParams | None = None, *,
-              shards: int = 1, progress: bool = False) -> SearchIndex:
-        """Train on a sample of ``source``, then add every row, split into ``shards`` shards."""
+              shards: int = 1, progress: bool = False, rerank: Any = None) -> SearchIndex:
+        """Train on a sample of ``source``, then add every row, split into ``shards`` shards.
+
+        ``rerank``: a chain (or spec) whose database-side steps (``dba``) are applied first; the
+        index then covers the augmented database (see the module docstring).
+        """
+        from .rerank import as_chain
+
         source = open_descriptors(source) if isinstance(source, (str, Path)) else source
         params = params or IndexParams()
+        chain = as_chain(rerank)
+        if chain is not None and chain.on_database:
+            return cls._build_augmented(source, params, chain, shards, progress)
         if params.kind not in INDEX_KINDS:
             raise RkitError(f"unknown index kind {params.kind!r}: choose one of {', '.join(INDEX_KINDS)}")
         if source.count == 0:
@@ -163,6 +179,27 @@ class SearchIndex:
         }
         return cls(manifest, built, source)
 
+    @classmethod
+    def _build_augmented(cls, source: DescriptorSource, params: IndexParams, chain: Any, shards: int,
+                         progress: bool) -> SearchIndex:
+        """The index of ``source`` after ``chain``'s database steps, their neighbours found by
+        an index of the same parameters (exact for ``flat``)."""
+        from .rerank import IndexNeighbours
+        from .store import ArraySource
+
+        def neighbours(matrix: np.ndarray) -> IndexNeighbours:
+            return IndexNeighbours(cls.build(ArraySource(matrix, source), params))
+
+        searched_by = "exact" if params.kind == "flat" else json.dumps(dataclasses.asdict(params), sort_keys=True)
+        augmented = ArraySource(chain.transform_database(source.matrix(), neighbours, searched_by), source)
+        index = cls.build(augmented, params, shards=shards, progress=progress)
+        index.manifest["database_rerank"] = chain.database_spec
+        index.manifest["descriptors"].update(
+            location=AUGMENTED, inside=True,
+            derived_from={"location": str(Path(source.location).resolve()), "count": source.count,
+                          "fingerprint": source.fingerprint()})
+        return index
+
     def save(self, folder: str | Path) -> Path:
         """Write the index to ``folder`` atomically (a complete new folder replaces the old one)."""
         folder = Path(folder)
@@ -171,6 +208,9 @@ class SearchIndex:
         try:
             for entry, index in zip(self.manifest["shards"], self._all_shards()):
                 faiss.write_index(index, str(tmp / entry["file"]))
+            if self.manifest["descriptors"].get("inside"):
+                write_store(tmp / AUGMENTED, self.source.matrix(), self.source.all_paths(),
+                            meta={**self.source.meta, "rerank": self.manifest["database_rerank"]})
             (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=1) + "\n", encoding="utf-8")
             os.chmod(tmp, 0o777 & ~_umask())
             old = None
@@ -199,12 +239,29 @@ class SearchIndex:
 
     # -- loading ----------------------------------------------------------------------------
     @classmethod
-    def load(cls, folder: str | Path, descriptors: DescriptorSource | str | Path | None = None) -> SearchIndex:
-        """Open a saved index; its descriptors (default: the recorded location) must match it."""
+    def load(cls, folder: str | Path, descriptors: DescriptorSource | str | Path | None = None, *,
+             database_rerank: str | None = None) -> SearchIndex:
+        """Open a saved index; its descriptors (default: the recorded location) must match it.
+
+        ``database_rerank``: the database-side chain the caller searches with (``""``: none);
+        an index built with another is refused. ``None``: not checked.
+        """
         folder = Path(folder)
         manifest = read_manifest(folder)
-        where = descriptors if descriptors is not None else manifest["descriptors"]["location"]
-        source = open_descriptors(where) if isinstance(where, (str, Path)) else where
+        built_with = manifest.get("database_rerank", "")
+        if database_rerank is not None and database_rerank != built_with:
+            raise RkitError(f"index {folder} covers the database {f'after {built_with}' if built_with else 'as extracted'}"
+                            f", but the search asks for {database_rerank or 'no database-side re-ranking'}: search it "
+                            f"with --rerank {built_with or 'aqe (query side only)'}, or build an index with this --rerank")
+        given = open_descriptors(descriptors) if isinstance(descriptors, (str, Path)) else descriptors
+        recorded = manifest["descriptors"]
+        if recorded.get("inside"):     # the augmented database is inside; the given one is what it came from
+            if given is not None:
+                derived = recorded["derived_from"]
+                check_descriptors(folder, {**manifest, "count": derived["count"], "descriptors": derived}, given,
+                                  prefix=False)
+            given = open_descriptors(folder / recorded["location"])
+        source = given if given is not None else open_descriptors(recorded["location"])
         check_descriptors(folder, manifest, source, prefix=False)
         return cls(manifest, [None] * len(manifest["shards"]), source, folder)
 
@@ -213,6 +270,7 @@ class SearchIndex:
         """Index the rows the descriptors gained since this index was built, as a new shard."""
         if self.folder is None:
             raise RkitError("save the index before adding to it")
+        check_growable(self.folder, self.manifest)
         source = self.source
         check_descriptors(self.folder, self.manifest, source, prefix=True)
         start, stop = self.count, source.count
@@ -260,6 +318,7 @@ class SearchIndex:
         p = self.params
         extra = f" nlist={p.nlist} nprobe={p.nprobe}" if p.kind != "flat" else ""
         extra += f" pq_m={p.pq_m}{' +OPQ' if p.opq else ''}" if p.kind == "ivfpq" else ""
+        extra += f" after {self.manifest['database_rerank']}" if self.manifest.get("database_rerank") else ""
         return f"{p.kind} index of {self.count} {self.dim}-D vectors in {len(self.shards)} shard(s){extra}"
 
 
@@ -276,6 +335,15 @@ def read_manifest(folder: Path) -> dict[str, Any]:
                               missing=f"build one with `rkit index build DESCRIPTORS --out {folder}` or "
                                       f"`rkit search DESCRIPTORS --save-index {folder}`{old}",
                               remedy="rebuild the index")
+
+
+def check_growable(folder: Path, manifest: dict[str, Any]) -> None:
+    """Refuse to add rows to an index of a database augmented by re-ranking (e.g. ``dba``)."""
+    if manifest["descriptors"].get("inside"):
+        raise RkitError(f"index {folder} covers the database after {manifest.get('database_rerank')}, which changes "
+                        f"old images' vectors when new ones come: it cannot grow; build it again over the grown "
+                        f"descriptors (`rkit index build DESCRIPTORS --rerank {manifest.get('database_rerank')} "
+                        f"--out {folder}`)")
 
 
 def check_descriptors(folder: Path, manifest: dict[str, Any], source: DescriptorSource, *, prefix: bool) -> None:
@@ -301,7 +369,7 @@ def save_partial(path: str | Path, scores: np.ndarray, ids: np.ndarray, queries:
 
     meta = {"kind": "rkit-partial-results", "index_fingerprint": index.manifest["descriptors"]["fingerprint"],
             "index_count": index.count, "shards": list(shard_ids) if shard_ids is not None else None,
-            "descriptors": index.manifest["descriptors"]["location"]}
+            "descriptors": str(Path(index.source.location).resolve())}
     return save_npz(path, meta, 1, scores=scores, ids=ids, queries=np.asarray(list(queries), dtype=str))
 
 

@@ -115,6 +115,10 @@ def test_download_lay_out_then_eval_and_train(published, tmp_path, monkeypatch):
     again = run("eval", "--dataset", "roxford5k", "--distractors", "revisitop1m", *fixed,
                 env={"RKIT_DATA": str(root)})
     assert again.exit_code == 0 and "from the cache" in again.output
+    reranked = run("eval", "--dataset", "roxford5k", "--distractors", "revisitop1m", "--rerank", "dba+aqe", *fixed,
+                   env={"RKIT_DATA": str(root)})
+    assert reranked.exit_code == 0, reranked.output + repr(reranked.exception)
+    assert '"rerank": "dba:alpha=3:k=2+aqe:alpha=3:k=2"' in reranked.output and '"distractors": 100' in reranked.output
     r1m = json.loads(with_r1m.stdout[with_r1m.stdout.index("{"):])
     for setting in ("medium", "hard"):   # distractors can only push positives down
         assert r1m["settings"][setting]["map"] <= report["settings"][setting]["map"] + 1e-6

@@ -81,3 +81,29 @@ def test_descriptors_are_extracted_once_per_model(tmp_path):
     assert len(calls) == 2 and len(list((tmp_path / "r1m" / "descriptors").glob("*.npz"))) == 2
     with pytest.raises(RkitError, match="rkit data download missing"):
         distractor_descriptors(tmp_path, "missing", first, extract)
+
+
+@pytest.mark.filterwarnings("ignore:training the ivf index")
+def test_rerank_with_distractors_equals_rerank_over_the_combined_database():
+    """dba+aqe on images + distractors (R1M with re-ranking) is the chain run on the concatenation."""
+    from retrievalkit.distractors import rank_with_distractors
+    from retrievalkit.rerank import rank
+
+    rng = np.random.default_rng(1)
+    distractors = vectors(*rng.standard_normal((40, 4)).tolist())
+    queries = vectors(*rng.standard_normal((3, 4)).tolist())
+    combined = np.concatenate([DATABASE, distractors])
+    for chain in ("aqe:k=2:alpha=3", "dba:k=2+aqe:k=3:alpha=1"):
+        ids, scores = rank_with_distractors(queries, DATABASE, distractors, rerank=chain, top=10)
+        expected_ids, expected_scores = rank(combined, queries, chain)
+        np.testing.assert_array_equal(ids, expected_ids[:, :10])
+        np.testing.assert_allclose(scores, expected_scores[:, :10], rtol=1e-5, atol=1e-6)
+    plain_ids, _ = rank_with_distractors(queries, DATABASE, distractors, top=10)
+    assert not np.array_equal(plain_ids, rank_with_distractors(queries, DATABASE, distractors, rerank="dba", top=10)[0])
+    # an approximate index that visits every cell gives the exact result, and the evaluation takes the chain
+    ivf_ids, _ = rank_with_distractors(queries, DATABASE, distractors, rerank="dba+aqe", top=10,
+                                       index="ivf:nlist=4:nprobe=4")
+    np.testing.assert_array_equal(ivf_ids, rank(combined, queries, "dba+aqe")[0][:, :10])
+    reranked = evaluate_with_distractors(dataset(), QUERY, DATABASE, distractors, query_ids=[0],
+                                         database_ids=range(4), rerank="aqe")
+    assert 0 <= reranked["medium"].map <= 1

@@ -236,3 +236,62 @@ def test_rkit_eval_reads_a_store_like_a_descriptors_file(tmp_path, capsys):
         run("eval", tmp_path / source, "--json")
         reports.append(json.loads(capsys.readouterr().out))
     assert reports[1]["images"] == 12 and reports[1]["map"] == reports[0]["map"]
+
+
+def test_dba_index_is_saved_with_its_augmented_database_and_searched_like_in_memory(tmp_path, data, capsys):
+    """--rerank dba with --save-index/--load-index gives the in-memory dba+aqe results; mismatches are refused."""
+    from retrievalkit.rerank import RerankChain
+
+    x, queries, db = data
+    DescriptorSet(queries, [f"q{i}" for i in range(30)]).save(tmp_path / "q.npz")
+    search = ["search", db, tmp_path / "q.npz", "-k", "4", "--format", "json"]
+    run(*search, "--rerank", "dba+aqe", "--out", tmp_path / "memory.json")
+    run("index", "build", db, "--rerank", "dba", "--out", tmp_path / "dba.index", "--no-progress")
+    assert "flat index of 1200 16-D vectors in 1 shard(s) after dba:alpha=3:k=2" in capsys.readouterr().out
+    run(*search, "--rerank", "dba+aqe", "--load-index", tmp_path / "dba.index", "--out", tmp_path / "saved.json")
+    memory, saved = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("memory", "saved"))
+    assert saved["results"] == memory["results"]
+    chain = RerankChain("dba+aqe")                                  # and both are the chain's exact ranking
+    augmented = chain.transform_database(x)
+    expected = exact_top(augmented, chain.transform_queries(queries, augmented), 4)
+    assert [[n["path"] for n in r["neighbours"]] for r in saved["results"]] == \
+        [[f"img/{i}.jpg" for i in row] for row in expected.tolist()]
+    manifest = json.loads((tmp_path / "dba.index" / "index.json").read_text())
+    assert manifest["database_rerank"] == "dba:alpha=3:k=2" and manifest["descriptors"]["location"] == "augmented-database"
+    np.testing.assert_allclose(open_descriptors(tmp_path / "dba.index" / "augmented-database").matrix(), augmented,
+                               atol=1e-6)
+    # the index answers only the chain it was built with, over the database it came from
+    assert "search it with --rerank dba:alpha=3:k=2" in run_error(capsys, *search, "--load-index", tmp_path / "dba.index")
+    assert "but the search asks for dba:alpha=3:k=1" in run_error(capsys, *search, "--rerank", "dba:k=1",
+                                                                "--load-index", tmp_path / "dba.index")
+    other = x.copy()
+    other[[3, 4]] = other[[4, 3]]
+    DescriptorSet(other, names(1200)).save(tmp_path / "other.npz")
+    assert "fingerprint mismatch" in run_error(capsys, "search", tmp_path / "other.npz", tmp_path / "q.npz",
+                                               "--rerank", "dba", "--load-index", tmp_path / "dba.index")
+    assert "cannot grow" in run_error(capsys, "index", "add", tmp_path / "dba.index", tmp_path / "q.npz")
+    # an approximate index finds DBA's neighbours with its own kind (and re-ranks them exactly)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ivf = SearchIndex.build(db, IndexParams(kind="ivfpq", nlist=8, pq_m=4, nprobe=8, rerank_k=1200), rerank="dba")
+    _, ids = ivf.search(queries, 4)
+    np.testing.assert_array_equal(ids, exact_top(augmented, queries, 4))
+
+
+def test_store_paths_are_decoded_one_by_one_and_a_short_paths_file_is_refused(tmp_path, data, monkeypatch):
+    """Fingerprints and result lists decode only their rows' paths, never every path of the store."""
+    from retrievalkit.store import _PathLines
+
+    x, _, _ = data
+    writer = ShardWriter(tmp_path / "db.store")
+    writer.append(x[:700], names(700))
+    writer.append(x[700:], ["é/ü 1.jpg", *names(499, 701)])
+    whole = open_descriptors(tmp_path / "db.store").all_paths()
+    assert whole == names(700) + ["é/ü 1.jpg"] + names(499, 701)
+    monkeypatch.setattr(_PathLines, "all", lambda self: pytest.fail("every path was decoded"))
+    store = open_descriptors(tmp_path / "db.store")
+    assert store.paths_at([1199, 700, 0, 699]) == ["img/1199.jpg", "é/ü 1.jpg", "img/0.jpg", "img/699.jpg"]
+    store.fingerprint()
+    (tmp_path / "db.store" / "shard-00001.paths").write_text("\n".join(names(300)))
+    with pytest.raises(RkitError, match="fewer than the 500 lines"):
+        open_descriptors(tmp_path / "db.store").paths_at([900])

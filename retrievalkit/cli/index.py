@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import RkitError
 from ..outputs import check_output_path, check_replaceable
-from ..searchindex import MANIFEST, SearchIndex, check_descriptors, merge_partials, read_manifest
+from ..searchindex import MANIFEST, SearchIndex, check_descriptors, check_growable, merge_partials, read_manifest
 from ..store import ShardStore, ShardWriter, open_descriptors
 from .search import index_params_options, params_from, write_results
 
@@ -35,16 +35,26 @@ def group() -> None:
 @group.command("build")
 @click.argument("descriptors", type=click.Path(exists=True, path_type=Path))
 @index_params_options
+@click.option("--rerank", "rerank_spec", default="none", show_default=True, metavar="SPEC",
+              help="Database-side re-ranking to apply first, e.g. dba or dba:k=3:alpha=3 (the augmented "
+                   "database is saved in the index; search it with --rerank dba or dba+aqe).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Index folder to write (atomically).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def build(descriptors: Path, index_kind: str, nlist: int | None, pq_m: int | None, opq: bool, nprobe: int | None,
-          rerank_k: int | None, train_size: int, n_shards: int, out: Path, progress: bool) -> None:
-    """Train and fill an index over DESCRIPTORS (a .npz file or a store folder), streamed in blocks."""
+          rerank_k: int | None, train_size: int, n_shards: int, rerank_spec: str, out: Path, progress: bool) -> None:
+    """Train and fill an index over DESCRIPTORS (a .npz file or a store folder), streamed in blocks.
+
+    With --rerank dba the whole matrix is read into memory for the augmentation."""
+    from ..rerank import as_chain
+
+    chain = as_chain(rerank_spec)
+    if chain is not None and not chain.on_database:
+        raise RkitError(f"--rerank {chain} only changes queries: give it to `rkit search` instead")
     check_output_path(out, [descriptors], folder=True)  # an existing index is replaced, nothing else
     check_replaceable(out, "index build", overwrite=True, recognise=lambda folder: (folder / MANIFEST).is_file())
     started = time.perf_counter()
     params = params_from(index_kind, nlist, pq_m, opq, nprobe, rerank_k, train_size)
-    index = SearchIndex.build(open_descriptors(descriptors), params, shards=n_shards, progress=progress)
+    index = SearchIndex.build(open_descriptors(descriptors), params, shards=n_shards, progress=progress, rerank=chain)
     index.save(out)
     seconds = index.manifest["seconds"]
     click.echo(f"built {index.describe()} in {time.perf_counter() - started:.1f} s (train {seconds['train']:.1f} s, "
@@ -63,6 +73,7 @@ def add(index_dir: Path, new: tuple[Path, ...], progress: bool) -> None:
     quantisers trained at build time. Without NEW, only the rows the store already gained.
     """
     manifest = read_manifest(index_dir)
+    check_growable(index_dir, manifest)
     location = Path(manifest["descriptors"]["location"])
     check_descriptors(index_dir, manifest, open_descriptors(location), prefix=True)   # before growing it
     if new:

@@ -83,7 +83,8 @@ def params_from(index_kind: str, nlist: int | None, pq_m: int | None, opq: bool,
 
 
 def _index_for(source: DescriptorSource, load_index: Path | None, params: IndexParams, n_shards: int,
-               progress: bool) -> SearchIndex:
+               progress: bool, chain: Any) -> SearchIndex:
+    """The index to search: loaded (built with the same database-side ``chain``) or built now."""
     started = time.perf_counter()
     if load_index is not None:
         ctx = click.get_current_context()
@@ -91,11 +92,11 @@ def _index_for(source: DescriptorSource, load_index: Path | None, params: IndexP
                    if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
         if ignored:
             click.echo(f"Warning: {', '.join(ignored)} ignored: the index comes from {load_index}", err=True)
-        index = SearchIndex.load(load_index, source)
+        index = SearchIndex.load(load_index, source, database_rerank=chain.database_spec if chain else "")
         what = f"loaded {index.describe()} from {load_index}"
     else:
         with echo_warnings():
-            index = SearchIndex.build(source, params, shards=n_shards, progress=progress)
+            index = SearchIndex.build(source, params, shards=n_shards, progress=progress, rerank=chain)
         what = f"built {index.describe()}"
     click.echo(f"{what} in {time.perf_counter() - started:.2f} s", err=True)
     return index
@@ -144,7 +145,7 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
     rkit search db.npz db.npz --format hloc-pairs --num-matched 20 --out pairs.txt   (for hloc / rkit sfm --pairs)
     """
     from ..rerank import IndexNeighbours, as_chain
-    from ..store import ArraySource, open_descriptors
+    from ..store import open_descriptors
 
     inputs = [database_file, load_index, model_options.model_dir, model_options.whitening_file,
               *(Path(q) for q in query_specs)]
@@ -156,16 +157,11 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
         raise RkitError("no queries given: name descriptors files or images after DATABASE "
                         "(or only --save-index FOLDER to build an index)")
     chain = as_chain(rerank_spec)
-    if chain is not None and chain.on_database:
-        if load_index is not None or save_index is not None:
-            raise RkitError(f"--rerank {chain} changes the database vectors, so it cannot use or save an index of "
-                            f"the plain descriptors: leave out --load-index/--save-index")
-        source = ArraySource(chain.transform_database(source.matrix()), source)
     queries = _queries(query_specs, source, model_options, progress)
     if query_specs and not len(queries):
         raise RkitError("the queries given hold no descriptors: check the query files")
     params = params_from(index_kind, nlist, pq_m, opq, nprobe, rerank_k, train_size)
-    index = _index_for(source, load_index, params, n_shards, progress)
+    index = _index_for(source, load_index, params, n_shards, progress, chain)
     if save_index is not None:
         index.save(save_index)
         click.echo(f"wrote index to {save_index}", err=True)
