@@ -55,7 +55,8 @@ INDEX_VERSION = 1
 MANIFEST = "index.json"
 #: Shortlist length re-ranked exactly by default for ``ivfpq``. On 1M clustered 128-D vectors with
 #: 16-byte codes (bench/bench_search_scale.py) recall@10 was 0.98 with 400 at nlist 1,024 (100 gave
-#: 0.66) and 1.00 with 400 at nlist 4,096 (200 gave 0.99).
+#: 0.66) and 1.00 with 400 at nlist 4,096 (200 gave 0.99). At 10M with nlist 4,096 (ten times fuller
+#: cells) it took 1,000 for 0.98 (200: 0.81, 500: 0.94): raise ``rerank_k`` or nlist with N.
 DEFAULT_RERANK_K = 400
 #: Store folder, inside a saved index, of the database after database-side re-ranking (DBA).
 AUGMENTED = "augmented-database"

@@ -295,3 +295,22 @@ def test_store_paths_are_decoded_one_by_one_and_a_short_paths_file_is_refused(tm
     (tmp_path / "db.store" / "shard-00001.paths").write_text("\n".join(names(300)))
     with pytest.raises(RkitError, match="fewer than the 500 lines"):
         open_descriptors(tmp_path / "db.store").paths_at([900])
+
+
+def test_rows_are_gathered_through_a_random_access_map_and_blocks_streamed_through_another(tmp_path, data,
+                                                                                         monkeypatch):
+    """A cold store: gathered rows must not read ahead (a fingerprint read all of a 5 GB store), blocks must."""
+    import retrievalkit.store as store_module
+
+    x, _, db = data
+    ShardWriter(tmp_path / "db.store").append(x, names(1200))
+    advised = []
+    original = store_module._random_access
+    monkeypatch.setattr(store_module, "_random_access", lambda array: advised.append(array) or original(array))
+    for source in (open_descriptors(tmp_path / "db.store"), open_descriptors(db)):
+        advised.clear()
+        streamed = np.concatenate([block for _, block in source.blocks(block_rows=500)])
+        assert not advised                                       # streaming keeps the kernel's read-ahead
+        np.testing.assert_array_equal(source.rows(np.array([5, 1100, 7])), x[[5, 1100, 7]])
+        assert len(advised) == 1 and advised[0].base is not streamed.base
+        np.testing.assert_array_equal(streamed, x)
