@@ -251,9 +251,12 @@ class SearchIndex:
         manifest = read_manifest(folder)
         built_with = manifest.get("database_rerank", "")
         if database_rerank is not None and database_rerank != built_with:
+            how = f"search it with --rerank {built_with} (or {built_with}+aqe)" if built_with else \
+                "search it without a database-side re-ranker (aqe alone works)"
             raise RkitError(f"index {folder} covers the database {f'after {built_with}' if built_with else 'as extracted'}"
-                            f", but the search asks for {database_rerank or 'no database-side re-ranking'}: search it "
-                            f"with --rerank {built_with or 'aqe (query side only)'}, or build an index with this --rerank")
+                            f", but the search asks for {database_rerank or 'no database-side re-ranking'}: {how}, or "
+                            f"build another index with `rkit index build DESCRIPTORS --rerank "
+                            f"{database_rerank or 'none'} --out NEW_INDEX`")
         given = open_descriptors(descriptors) if isinstance(descriptors, (str, Path)) else descriptors
         recorded = manifest["descriptors"]
         if recorded.get("inside"):     # the augmented database is inside; the given one is what it came from

@@ -314,3 +314,15 @@ def test_rows_are_gathered_through_a_random_access_map_and_blocks_streamed_throu
         np.testing.assert_array_equal(source.rows(np.array([5, 1100, 7])), x[[5, 1100, 7]])
         assert len(advised) == 1 and advised[0].base is not streamed.base
         np.testing.assert_array_equal(streamed, x)
+
+
+def test_a_plain_index_refuses_dba_with_the_command_that_builds_one(tmp_path, data, capsys):
+    _, queries, db = data
+    DescriptorSet(queries, [f"q{i}" for i in range(30)]).save(tmp_path / "q.npz")
+    run("index", "build", db, "--out", tmp_path / "plain.index", "--no-progress")
+    message = run_error(capsys, "search", db, tmp_path / "q.npz", "--rerank", "dba+aqe", "--load-index",
+                        tmp_path / "plain.index")
+    assert "covers the database as extracted" in message and "--rerank dba:alpha=3:k=2 --out" in message
+    run("search", db, tmp_path / "q.npz", "--rerank", "aqe", "--load-index", tmp_path / "plain.index")
+    assert "only changes queries" in run_error(capsys, "index", "build", db, "--rerank", "aqe", "--out",
+                                               tmp_path / "aqe.index")
