@@ -90,7 +90,10 @@ def model_settings(backbone: str, pooling: str, weights: str, model: Path | None
     """The settings :func:`cache_key` hashes (``--model``/``--whitening`` files by size and mtime)."""
     return {"backbone": None if model else backbone, "pooling": None if model else pooling,
             "weights": None if model else weights, "model": _stamp(model), "whiten": _stamp(whiten),
-            "image_size": int(image_size), "scales": [float(s) for s in scales]}
+            "image_size": int(image_size), "scales": [float(s) for s in scales],
+            # multi-scale descriptors of whitening networks are combined as the authors' code does
+            # since December 2026; descriptors cached before then are described again
+            **({"scale_combination": 2} if len(scales) > 1 else {})}
 
 
 def distractor_descriptors(data_root: str | Path, name: str, settings: dict[str, Any],

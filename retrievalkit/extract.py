@@ -7,9 +7,12 @@ pooling and L2-normalises (:meth:`RetrievalModel.pooled`). The scales of one ima
 combined (docs/definitions.md §1): by the generalised mean with the pooling's exponent ``p`` when the
 pooling has one (GeM), by the arithmetic mean otherwise, then L2-normalised; finally the model's
 own whitening layer, if any, and a whitening file (``whitening=``), if given, are applied
-(both re-normalise). Whitening is linear, so combining before it is the same as the usual "mean
-of whitened descriptors" up to the normalisation, and keeps the generalised mean on
-non-negative values.
+(both re-normalise). This is how the authors' code applies a fitted whitening (Lw) to
+multi-scale descriptors: after the combination, which keeps the generalised mean on
+non-negative values. A network whose whitening is part of it (the authors' ``-w`` networks,
+:attr:`RetrievalModel.whiten_each_scale`) whitens and re-normalises each scale instead, and
+the whitened scales are averaged (arithmetic mean, then L2), as their ``extract_ms`` does with
+``msp = 1`` for such networks.
 
 The stages, one function each: :func:`plan_extraction` (read every image's size from its
 header; unreadable files are failures), :func:`plan_batches` (which items go through the network
@@ -433,9 +436,12 @@ def finish_descriptors(model: RetrievalModel, plan: ExtractionPlan, pooled: Pool
     descriptors = np.zeros((0, out_dim), dtype=np.float32)
     if kept:
         per_scale = torch.from_numpy(np.stack([np.stack([pooled[(i, s)] for i in kept]) for s in range(num_scales)]))
-        combined = combine_scales(per_scale, pooling_exponent(model))
         with torch.inference_mode():
-            descriptors = model.whiten(combined).float().numpy()
+            if model.whiten_each_scale and model.whitening is not None:    # the authors' -w networks
+                combined = combine_scales(torch.stack([model.whiten(scale) for scale in per_scale]), None)
+            else:
+                combined = model.whiten(combine_scales(per_scale, pooling_exponent(model)))
+            descriptors = combined.float().numpy()
         if whitening is not None:
             descriptors = whitening.apply(descriptors)
         check_finite(descriptors, "the extraction", paths=[plan.paths[i] for i in kept],

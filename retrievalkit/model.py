@@ -92,6 +92,10 @@ class RetrievalModel(nn.Module):
         self.register_buffer("input_mean", torch.tensor(backbone.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("input_std", torch.tensor(backbone.std, dtype=torch.float32).view(1, 3, 1, 1))
         self.whitening: WhiteningLayer | None = None
+        #: Whiten each scale's descriptor before the scales are combined (the authors' networks with
+        #: a trained ``whiten`` layer); otherwise the combined descriptor is whitened, as a fitted
+        #: whitening (Lw, PCA-whitening) is applied as post-processing. See :mod:`retrievalkit.extract`.
+        self.whiten_each_scale = False
         self.set_whitening(whitening)
 
     @property
@@ -140,7 +144,8 @@ class RetrievalModel(nn.Module):
             "format_version": MODEL_FORMAT_VERSION,
             **self.config.to_dict(),
             "whitening": None if self.whitening is None else
-            {"in_features": self.whitening.in_features, "out_features": self.whitening.out_features},
+            {"in_features": self.whitening.in_features, "out_features": self.whitening.out_features,
+             "each_scale": self.whiten_each_scale},
             **(extra or {}),
         }
         with atomic_path(directory / "weights.pt") as tmp:
@@ -184,6 +189,7 @@ def load_model(directory: str | Path, host: PluginHost | None = None,
     model.config.weights = meta.get("weights", "none")
     if whitening_shape is not None:
         model.set_whitening(WhiteningLayer(*whitening_shape))
+        model.whiten_each_scale = bool(whitening.get("each_scale", False))
     try:
         state = torch.load(weights_path, map_location=map_location, weights_only=True)
         model.load_state_dict(state)
@@ -191,4 +197,4 @@ def load_model(directory: str | Path, host: PluginHost | None = None,
         raise RkitError(f"cannot load {weights_path} into the model {directory / 'model.json'} describes "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
                         f"save the model again") from None
-    return model
+    return model.eval()     # like a published network: ready to describe images (training calls .train())

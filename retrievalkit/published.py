@@ -34,7 +34,7 @@ import dataclasses
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from torch import nn
 
 from .download import Transfer, cache_dir, download
 from .errors import RkitError
+
+if TYPE_CHECKING:
+    from .model import WhiteningLayer
 
 _NETWORKS = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/networks"
 #: published name -> URL (cnnimageretrieval-pytorch, cirtorch/examples/test.py and test_e2e.py)
@@ -210,7 +213,7 @@ def _linear(weight: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor) 
     return layer
 
 
-def lw_layer(meta: Mapping[str, Any], spec: PublishedSpec, has_whiten: bool, path: str) -> nn.Linear | None:
+def lw_layer(meta: Mapping[str, Any], spec: PublishedSpec, has_whiten: bool, path: str) -> WhiteningLayer | None:
     """The ``Lw`` post-processing as a linear layer (weight P, bias -P m), or None (module docstring)."""
     available = meta.get("Lw") or {}
     wanted = spec.lw if spec.lw is not None else ("none" if has_whiten or not available else "ss")
@@ -224,9 +227,11 @@ def lw_layer(meta: Mapping[str, Any], spec: PublishedSpec, has_whiten: bool, pat
         sets = ", ".join(f"{s}:{'/'.join(k)}" for s, k in available.items()) if available else "none"
         raise RkitError(f"{path} has no Lw {spec.lw_set}/{wanted} (it has: {sets}): choose :lw=ss|ms|none "
                         f"and :lwset=NAME")
+    from .model import WhiteningLayer
+
     projection = np.asarray(entry["P"], dtype=np.float64)
     mean = np.asarray(entry["m"], dtype=np.float64).reshape(-1)
-    return _linear(projection, -projection @ mean)
+    return WhiteningLayer.from_arrays(projection, -projection @ mean)   # float64, as their whitenapply
 
 
 def load_published_model(text: str | Path, host: Any = None):
@@ -245,8 +250,9 @@ def load_published_model(text: str | Path, host: Any = None):
     _load_exact(model.backbone, _backbone_state(model.backbone, state, str(path)), "backbone", str(path))
     pool_state = {k[len("pool."):]: v for k, v in state.items() if k.startswith("pool.")}
     _load_exact(model.pooling, pool_state, "pooling", str(path))
-    if has_whiten:
+    if has_whiten:   # part of their network: applied to every scale before the scales are averaged
         model.set_whitening(_linear(state["whiten.weight"], state["whiten.bias"]))
+        model.whiten_each_scale = True
     if lw is not None:
         model.set_whitening(lw)
     model.input_mean.copy_(torch.tensor([float(v) for v in meta["mean"]]).view(1, 3, 1, 1))

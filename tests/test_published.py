@@ -119,6 +119,40 @@ def test_lw_choices_and_the_cli(tmp_path):
     np.testing.assert_allclose(described.descriptors, reference(parts, pictures), atol=TOLERANCE, rtol=0)
 
 
+def l2(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("whiten", [True, False])
+def test_several_scales_are_combined_as_the_authors_code_does(tmp_path, whiten):
+    """-w networks: L2(W x + b) per scale, then the mean (their msp = 1); Lw networks: the GeM mean of
+    the scales with their p, then Lw (their post-processing). Also after a save and load."""
+    from types import SimpleNamespace
+
+    from retrievalkit.extract import finish_descriptors
+
+    path = tmp_path / "net.pth"
+    parts = write_checkpoint(path, "resnet50", whiten=whiten, lw=not whiten)
+    generator = torch.Generator().manual_seed(5)
+    scales = [torch.rand(2, 3, 64, 80, generator=generator), torch.rand(2, 3, 46, 56, generator=generator)]
+    per_scale = [reference({k: v for k, v in parts.items() if k != "linear"}, images) for images in scales]
+    weight, bias = parts["linear"]
+    if whiten:
+        expected = l2(np.mean([l2(x @ weight.T + bias) for x in per_scale], axis=0))
+    else:
+        p = parts["p"]
+        expected = l2(l2(np.mean([x ** p for x in per_scale], axis=0) ** (1 / p)) @ weight.T + bias)
+    model = load_model(path)
+    model.save(tmp_path / "saved")
+    for loaded in (model, load_model(tmp_path / "saved")):
+        assert loaded.whiten_each_scale is whiten
+        with torch.no_grad():
+            pooled = {(i, s): loaded.pooled(images)[i].numpy() for s, images in enumerate(scales) for i in range(2)}
+        plan = SimpleNamespace(paths=["a.jpg", "b.jpg"], scales=[1.0, 0.707])
+        ours = finish_descriptors(loaded, plan, pooled, {}).descriptors
+        np.testing.assert_allclose(ours, expected, atol=TOLERANCE, rtol=0)
+
+
 def tiny_checkpoint(path, **meta_changes) -> None:
     """Only the meta matters for the refusals: a checkpoint with an empty state dict."""
     meta = {"architecture": "resnet50", "pooling": "gem", "regional": False, "local_whitening": False,
