@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from .atomic import write_text_atomic
+from .errors import Interrupted
 
 Ctx = TypeVar("Ctx")
 
@@ -84,7 +85,10 @@ def run_stages(stages: Sequence[Stage[Ctx]], ctx: Ctx, folder: Path, log: Callab
         for later in stages[index:]:
             (folder / f"{later.name}.json").unlink(missing_ok=True)
         started = time.perf_counter()
-        facts = stage.run(ctx) or {}
+        try:
+            facts = stage.run(ctx) or {}
+        except KeyboardInterrupt:
+            raise _interrupted(stages, index, folder) from None
         done.seconds[stage.name] = time.perf_counter() - started
         folder.mkdir(parents=True, exist_ok=True)
         record = {"stage": stage.name, "options": wanted, "seconds": round(done.seconds[stage.name], 2), **facts}
@@ -93,6 +97,18 @@ def run_stages(stages: Sequence[Stage[Ctx]], ctx: Ctx, folder: Path, log: Callab
         if stage.name == stop_after:
             break
     return done
+
+
+def _interrupted(stages: Sequence[Stage[Ctx]], index: int, folder: Path) -> Interrupted:
+    """Ctrl-C or SIGTERM in stage ``index``: the finished stages are kept, re-running resumes."""
+    from .interrupt import rerun_command
+
+    finished = [stage.name for stage in stages[:index] if (folder / f"{stage.name}.json").is_file()]
+    again = rerun_command() or None
+    if not finished:
+        return Interrupted(kept=f"nothing: the first stage, {stages[index].name}, had not finished", resume=again)
+    resume = f"{again}   (reuses them; {stages[index].name} starts again)" if again else None
+    return Interrupted(kept=f"the finished stages ({', '.join(finished)}) in {folder.parent}", resume=resume)
 
 
 __all__ = ["Stage", "StagesDone", "run_stages", "read_marker"]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from retrievalkit.cli import main
-from retrievalkit.errors import RkitError
+from retrievalkit.errors import Interrupted, RkitError
 from retrievalkit.sfm import (SfmOptions, exhaustive_pairs, find_images, neighbour_pairs, run_sfm)
 from retrievalkit.trainingdb import load_database
 
@@ -139,7 +139,7 @@ def test_rerun_after_interrupted_matching_resumes(church, tmp_path, monkeypatch)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pycolmap, "match_image_pairs", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match=r"kept the finished stages \(features, pairs\)"):
         run_sfm(church, out, options, progress=False, log=lambda m: None)
     assert (out / "stages" / "features.json").is_file() and (out / "stages" / "pairs.json").is_file()
     assert not (out / "stages" / "matches.json").exists()
@@ -387,9 +387,10 @@ def test_stage_runner_reuses_reruns_and_clears_later_markers(tmp_path):
         raise KeyboardInterrupt
 
     settings["b"] = 3
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         run_stages([stage("a"), Stage("b", interrupted, lambda ctx: {"setting": 3}), stage("c")],
                    None, tmp_path, lambda m: None)
+    assert stopped.value.kept == f"the finished stages (a) in {tmp_path.parent}"
     assert read_marker(tmp_path, "a") is not None
     assert read_marker(tmp_path, "b") is None and read_marker(tmp_path, "c") is None
     # stop_after ends the run after that stage
