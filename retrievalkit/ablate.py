@@ -90,6 +90,14 @@ TABLE_KS: tuple[int, ...] = (1, 5, 10)
 def canonical_axis(name: str) -> str:
     """The axis ``name`` as stored (``image-size`` -> ``image_size``); unknown names are errors."""
     key = name.strip().lower()
+    if key.partition(".")[0] == "whitening":    # elsewhere --whitening names a fitted FILE
+        import warnings
+
+        from .errors import RkitWarning
+
+        warnings.warn(f"grid axis {name!r} is deprecated: use {'whiten' + key[len('whitening'):]!r} "
+                      f"(the whitening method to fit, as `rkit train --whiten`; same meaning)", RkitWarning,
+                      stacklevel=2)
     key = _ALIASES.get(key, key).replace("-", "_")
     if key in DEFAULT_SETTINGS or key in OPTIONAL_SETTINGS:
         return key

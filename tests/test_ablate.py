@@ -82,6 +82,10 @@ def test_parse_grid_and_expand():
         parse_grid(["poolng=mac"])
     with pytest.raises(RkitError, match="AXIS=VALUE"):
         parse_grid(["mac,spoc"])
+    from retrievalkit.errors import RkitWarning
+
+    with pytest.warns(RkitWarning, match="'whitening.ridge' is deprecated: use 'whiten.ridge'"):
+        assert parse_grid(["whitening.ridge=1"]) == {"whiten.ridge": ["1"]}   # --whitening is a FILE elsewhere
 
 
 def test_grid_shares_extractions_and_matches_direct_evaluation(data_dir, tmp_path):
