@@ -153,3 +153,44 @@ def test_shard_numbers_and_rank_checkpoints() -> None:
             parse_shard(bad)
     assert rank_checkpoint(Path("o.partial.npz"), (1, 4)) == Path("o.partial.rank2-of-4.npz")
     assert rank_checkpoint(Path("o.partial.npz"), (0, 1)) == Path("o.partial.npz")
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_an_interrupted_torchrun_extraction_resumes_from_each_ranks_checkpoint(tmp_path) -> None:
+    """SIGTERM to torchrun while its ranks extract: each rank keeps its own checkpoint and says so;
+    the same torchrun command then resumes both and writes the one-process descriptors."""
+    import signal
+    import time
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(48):
+        Image.fromarray(rng.integers(0, 256, (180, 240, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
+    torch.manual_seed(0)
+    build_model(ModelConfig("efficientnet-lite0", "gem", "none")).save(tmp_path / "model")
+    options = [str(images), "--model", str(tmp_path / "model"), "--image-size", "240", "--batch-size", "1",
+               "--workers", "0", "--device", "cpu", "--no-progress", "--checkpoint-every", "0.001"]
+    out = tmp_path / "ranks.npz"
+    command = [*torchrun(2), "-m", "retrievalkit", "extract", *options, "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    checkpoints = [tmp_path / f"ranks.partial.rank{k}-of-2.npz" for k in (1, 2)]
+    job = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not all(c.exists() for c in checkpoints) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)                   # torchrun passes it on to its ranks
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode != 0 and not out.exists(), f"the job ended before it was stopped: {stderr[-2000:]}"
+    assert all(c.exists() for c in checkpoints), stderr[-3000:]
+    assert "Interrupted: kept the descriptors finished so far in" in stderr, stderr[-3000:]
+    assert "the same torchrun command with 2 processes" in stderr
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(f"resuming from {c}" in done.stderr for c in checkpoints), done.stderr[-3000:]
+    assert run(["extract", *options, "--out", str(tmp_path / "one.npz")]) == 0
+    resumed, single = DescriptorSet.load(out), DescriptorSet.load(tmp_path / "one.npz")
+    assert resumed.paths == single.paths
+    np.testing.assert_array_equal(resumed.descriptors, single.descriptors)
+    assert not list(tmp_path.glob("*.partial*"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -92,20 +93,37 @@ def command(source: Path, model_options: ModelOptions, out: Path, out_format: st
 
 
 def _checkpoint(out: Path, resume: bool) -> Path | None:
+    """``OUT.partial.npz`` (each torchrun rank adds ``.rankK-of-N``): resumed, or removed with --no-resume."""
     from ..extract import partial_path
 
     checkpoint = partial_path(out)
-    if checkpoint.exists():
+    mine = _own_checkpoint(checkpoint)
+    if mine.exists():
         if resume:
-            click.echo(f"resuming from {checkpoint}", err=True)
+            click.echo(f"resuming from {mine}", err=True)
         else:
-            checkpoint.unlink()
+            mine.unlink()
     return checkpoint if resume else None
+
+
+def _own_checkpoint(checkpoint: Path) -> Path:
+    """This process's checkpoint file: its rank's under torchrun (read from torchrun's variables)."""
+    from ..shards import launched_by_torchrun, rank_checkpoint
+
+    if not launched_by_torchrun():
+        return checkpoint
+    return rank_checkpoint(checkpoint, (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])))
 
 
 def _interrupted(checkpoint: Path | None) -> Interrupted:
     """What Ctrl-C or SIGTERM during an extraction kept, and the command that resumes it."""
+    from ..shards import launched_by_torchrun
+
     if checkpoint is None:  # --no-resume: nothing was checkpointed, say only that it stopped
         return Interrupted()
-    kept = f"the descriptors finished so far in {checkpoint}" if checkpoint.exists() else None
+    mine = _own_checkpoint(checkpoint)
+    kept = f"the descriptors finished so far in {mine}" if mine.exists() else None
+    if launched_by_torchrun():   # rerun_command() would be a one-process rkit
+        return Interrupted(kept=kept, resume=f"the same torchrun command with {os.environ['WORLD_SIZE']} processes "
+                                             f"(another number of processes starts again)")
     return Interrupted(kept=kept, resume=rerun_command())
