@@ -177,19 +177,21 @@ class RerankChain:
 
     def transform_database(self, database: np.ndarray,
                            neighbours: Callable[[np.ndarray], Neighbours] = Neighbours,
-                           searched_by: str = "exact") -> np.ndarray:
+                           searched_by: str = "exact", remember: bool = True) -> np.ndarray:
         """The database after every database-side step (cached per database, steps and search).
 
         ``neighbours(matrix)`` searches a matrix (default exact); ``searched_by`` names how, so
-        results of an approximate search are cached apart from exact ones.
+        results of an approximate search are cached apart from exact ones. ``remember=False``
+        skips both caches, for a caller that keeps the result itself (a saved index does).
         """
         current = np.ascontiguousarray(database, dtype=np.float32)
-        key = array_fingerprint(current) if any(s.on_database for s in self.steps) else ""
+        key = array_fingerprint(current) if remember and self.on_database else ""
         if searched_by != "exact":
             key = hashlib.blake2b(f"{key}|{searched_by}".encode(), digest_size=16).hexdigest()
         for step in (s for s in self.steps if s.on_database):
             key = hashlib.blake2b(f"{key}|{step.spec}".encode(), digest_size=16).hexdigest()
-            current = self._cached(key, lambda: step.reranker.augment_database(current, neighbours(current)))
+            compute = lambda: step.reranker.augment_database(current, neighbours(current))  # noqa: E731
+            current = self._cached(key, compute) if remember else np.ascontiguousarray(compute(), dtype=np.float32)
             if current.shape[0] != database.shape[0]:
                 raise RkitError(f"re-ranker {step.spec} returned {current.shape[0]} database vectors for "
                                 f"{database.shape[0]}: augment_database must keep one row per image")

@@ -141,11 +141,14 @@ class SearchIndex:
     # -- building ---------------------------------------------------------------------------
     @classmethod
     def build(cls, source: DescriptorSource | str | Path, params: IndexParams | None = None, *,
-              shards: int = 1, progress: bool = False, rerank: Any = None) -> SearchIndex:
+              shards: int = 1, progress: bool = False, rerank: Any = None,
+              cache_rerank: bool = True) -> SearchIndex:
         """Train on a sample of ``source``, then add every row, split into ``shards`` shards.
 
         ``rerank``: a chain (or spec) whose database-side steps (``dba``) are applied first; the
-        index then covers the augmented database (see the module docstring).
+        index then covers the augmented database (see the module docstring), which is also kept
+        in the re-ranking caches unless ``cache_rerank`` is False (an index about to be saved
+        keeps it itself).
         """
         from .rerank import as_chain
 
@@ -153,7 +156,7 @@ class SearchIndex:
         params = params or IndexParams()
         chain = as_chain(rerank)
         if chain is not None and chain.on_database:
-            return cls._build_augmented(source, params, chain, shards, progress)
+            return cls._build_augmented(source, params, chain, shards, progress, cache_rerank)
         if params.kind not in INDEX_KINDS:
             raise RkitError(f"unknown index kind {params.kind!r}: choose one of {', '.join(INDEX_KINDS)}")
         if source.count == 0:
@@ -182,7 +185,7 @@ class SearchIndex:
 
     @classmethod
     def _build_augmented(cls, source: DescriptorSource, params: IndexParams, chain: Any, shards: int,
-                         progress: bool) -> SearchIndex:
+                         progress: bool, cache_rerank: bool) -> SearchIndex:
         """The index of ``source`` after ``chain``'s database steps, their neighbours found by
         an index of the same parameters (exact for ``flat``)."""
         from .rerank import IndexNeighbours
@@ -192,7 +195,8 @@ class SearchIndex:
             return IndexNeighbours(cls.build(ArraySource(matrix, source), params))
 
         searched_by = "exact" if params.kind == "flat" else json.dumps(dataclasses.asdict(params), sort_keys=True)
-        augmented = ArraySource(chain.transform_database(source.matrix(), neighbours, searched_by), source)
+        augmented = ArraySource(chain.transform_database(source.matrix(), neighbours, searched_by,
+                                                         remember=cache_rerank), source)
         index = cls.build(augmented, params, shards=shards, progress=progress)
         index.manifest["database_rerank"] = chain.database_spec
         index.manifest["descriptors"].update(

@@ -106,7 +106,7 @@ def _interrupted(stages: Sequence[Stage[Ctx]], index: int, folder: Path) -> Inte
     finished = [stage.name for stage in stages[:index] if (folder / f"{stage.name}.json").is_file()]
     again = rerun_command() or None
     if not finished:
-        return Interrupted(kept=f"nothing: the first stage, {stages[index].name}, had not finished", resume=again)
+        return Interrupted(kept=f"nothing ({stages[index].name} had not finished)", resume=again)
     resume = f"{again}   (reuses them; {stages[index].name} starts again)" if again else None
     return Interrupted(kept=f"the finished stages ({', '.join(finished)}) in {folder.parent}", resume=resume)
 

@@ -238,16 +238,20 @@ def test_rkit_eval_reads_a_store_like_a_descriptors_file(tmp_path, capsys):
     assert reports[1]["images"] == 12 and reports[1]["map"] == reports[0]["map"]
 
 
-def test_dba_index_is_saved_with_its_augmented_database_and_searched_like_in_memory(tmp_path, data, capsys):
+def test_dba_index_is_saved_with_its_augmented_database_and_searched_like_in_memory(tmp_path, data, capsys,
+                                                                                    monkeypatch):
     """--rerank dba with --save-index/--load-index gives the in-memory dba+aqe results; mismatches are refused."""
     from retrievalkit.rerank import RerankChain
 
+    monkeypatch.setenv("RKIT_CACHE", str(tmp_path / "cache"))
     x, queries, db = data
     DescriptorSet(queries, [f"q{i}" for i in range(30)]).save(tmp_path / "q.npz")
     search = ["search", db, tmp_path / "q.npz", "-k", "4", "--format", "json"]
-    run(*search, "--rerank", "dba+aqe", "--out", tmp_path / "memory.json")
     run("index", "build", db, "--rerank", "dba", "--out", tmp_path / "dba.index", "--no-progress")
     assert "flat index of 1200 16-D vectors in 1 shard(s) after dba:alpha=3:k=2" in capsys.readouterr().out
+    assert not (tmp_path / "cache" / "rerank").exists()          # the index keeps it; no second copy
+    run(*search, "--rerank", "dba+aqe", "--out", tmp_path / "memory.json")
+    assert len(list((tmp_path / "cache" / "rerank").glob("*.npy"))) == 1   # in memory: cached for the next search
     run(*search, "--rerank", "dba+aqe", "--load-index", tmp_path / "dba.index", "--out", tmp_path / "saved.json")
     memory, saved = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("memory", "saved"))
     assert saved["results"] == memory["results"]

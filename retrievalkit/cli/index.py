@@ -54,7 +54,8 @@ def build(descriptors: Path, index_kind: str, nlist: int | None, pq_m: int | Non
     check_replaceable(out, "index build", overwrite=True, recognise=lambda folder: (folder / MANIFEST).is_file())
     started = time.perf_counter()
     params = params_from(index_kind, nlist, pq_m, opq, nprobe, rerank_k, train_size)
-    index = SearchIndex.build(open_descriptors(descriptors), params, shards=n_shards, progress=progress, rerank=chain)
+    index = SearchIndex.build(open_descriptors(descriptors), params, shards=n_shards, progress=progress, rerank=chain,
+                              cache_rerank=False)   # the augmented database is saved in the index
     index.save(out)
     seconds = index.manifest["seconds"]
     click.echo(f"built {index.describe()} in {time.perf_counter() - started:.1f} s (train {seconds['train']:.1f} s, "

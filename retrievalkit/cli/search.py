@@ -83,7 +83,7 @@ def params_from(index_kind: str, nlist: int | None, pq_m: int | None, opq: bool,
 
 
 def _index_for(source: DescriptorSource, load_index: Path | None, params: IndexParams, n_shards: int,
-               progress: bool, chain: Any) -> SearchIndex:
+               progress: bool, chain: Any, cache_rerank: bool) -> SearchIndex:
     """The index to search: loaded (built with the same database-side ``chain``) or built now."""
     started = time.perf_counter()
     if load_index is not None:
@@ -96,7 +96,8 @@ def _index_for(source: DescriptorSource, load_index: Path | None, params: IndexP
         what = f"loaded {index.describe()} from {load_index}"
     else:
         with echo_warnings():
-            index = SearchIndex.build(source, params, shards=n_shards, progress=progress, rerank=chain)
+            index = SearchIndex.build(source, params, shards=n_shards, progress=progress, rerank=chain,
+                                      cache_rerank=cache_rerank)
         what = f"built {index.describe()}"
     click.echo(f"{what} in {time.perf_counter() - started:.2f} s", err=True)
     return index
@@ -161,7 +162,7 @@ def command(database_file: Path, query_specs: tuple[str, ...], k: int, index_kin
     if query_specs and not len(queries):
         raise RkitError("the queries given hold no descriptors: check the query files")
     params = params_from(index_kind, nlist, pq_m, opq, nprobe, rerank_k, train_size)
-    index = _index_for(source, load_index, params, n_shards, progress, chain)
+    index = _index_for(source, load_index, params, n_shards, progress, chain, cache_rerank=save_index is None)
     if save_index is not None:
         index.save(save_index)
         click.echo(f"wrote index to {save_index}", err=True)
