@@ -139,7 +139,9 @@ def build(args, store: Path, work: Path, name: str, shards: int = 1, **params) -
 def describe(kwargs: dict) -> str:
     if not kwargs:
         return "-"
-    how = f"nprobe {kwargs['nprobe']}, " + (f"re-rank {kwargs['rerank_k']}" if kwargs["rerank_k"] else "no re-rank")
+    nprobe, rerank_k = kwargs["nprobe"] or "default (16)", kwargs["rerank_k"]
+    how = f"nprobe {nprobe}, " + (f"re-rank {rerank_k}" if rerank_k else
+                                  "re-rank default (400)" if rerank_k is None else "no re-rank")
     return how + (" (faiss IndexRefineFlat)" if kwargs.get("refine_flat") else "")
 
 
@@ -186,7 +188,14 @@ def scale_plan(nlist: int) -> list:
              [dict(nprobe=8, rerank_k=250)])]
 
 
-PLANS = {"full": full_plan, "scale": scale_plan}
+def defaults_plan(nlist: int) -> list:
+    """What `rkit index build --index ivfpq` gives with no other option (nlist about 4 sqrt(N), pq_m
+    from the dimension, nprobe 16, a shortlist of 400), and with a longer shortlist."""
+    return [("ivfpq, defaults", "ivfpq_defaults", {}, 1,
+             [dict(nprobe=None, rerank_k=None), dict(nprobe=None, rerank_k=1000)])]
+
+
+PLANS = {"full": full_plan, "scale": scale_plan, "defaults": defaults_plan}
 
 
 def main() -> None:
@@ -203,7 +212,8 @@ def main() -> None:
     parser.add_argument("--build-threads", type=int, default=0,
                         help="faiss threads while building (default: as --threads).")
     parser.add_argument("--plan", choices=sorted(PLANS), default="full",
-                        help="full: every option at one size; scale: one IVF-PQ index, several shortlists.")
+                        help="full: every option at one size; scale: one IVF-PQ index, several shortlists; defaults: "
+                             "the library's default IVF-PQ (--nlist unused).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/rkit-bench-scale"))
     parser.add_argument("--out", type=Path, default=None, help="Also write the Markdown table here.")

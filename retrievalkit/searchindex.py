@@ -53,11 +53,19 @@ from .store import DescriptorSource, open_descriptors, write_store
 INDEX_FORMAT = "rkit-index"
 INDEX_VERSION = 1
 MANIFEST = "index.json"
-#: Shortlist length re-ranked exactly by default for ``ivfpq``. On 1M clustered 128-D vectors with
-#: 16-byte codes (bench/bench_search_scale.py) recall@10 was 0.98 with 400 at nlist 1,024 (100 gave
-#: 0.66) and 1.00 with 400 at nlist 4,096 (200 gave 0.99). At 10M with nlist 4,096 (ten times fuller
-#: cells) it took 1,000 for 0.98 (200: 0.81, 500: 0.94): raise ``rerank_k`` or nlist with N.
+#: Shortlist length re-ranked exactly by default for ``ivfpq`` up to 1M vectors; beyond, it grows
+#: as 0.4 sqrt(N) (:func:`default_rerank_k`). On clustered 128-D vectors with 16-byte codes
+#: (bench/bench_search_scale.py) recall@10 at 1M was 0.98 with 400 at nlist 1,024 (100 gave 0.66)
+#: and 1.00 with 400 at nlist 4,096 (200 gave 0.99). At 10M with the default nlist (12,649) it was
+#: 0.92 with 400 and 0.99 with 1,000; at nlist 4,096, 0.81 / 0.94 / 0.98 with 200 / 500 / 1,000.
 DEFAULT_RERANK_K = 400
+
+
+def default_rerank_k(count: int) -> int:
+    """The default ``ivfpq`` shortlist for ``count`` vectors: 400 up to 1M, then 0.4 sqrt(N) (1,265
+    at 10M, 4,000 at 100M). With nlist about 4 sqrt(N) and 16 cells probed, the codes scanned
+    grow as sqrt(N), and the shortlist stays a tenth of them."""
+    return max(DEFAULT_RERANK_K, round(0.4 * float(count) ** 0.5))
 #: Store folder, inside a saved index, of the database after database-side re-ranking (DBA).
 AUGMENTED = "augmented-database"
 
@@ -66,7 +74,7 @@ AUGMENTED = "augmented-database"
 class IndexParams:
     """How to build an index (see :func:`retrievalkit.index.train_index` for each field).
 
-    ``rerank_k``: shortlist re-ranked exactly (``None``: :data:`DEFAULT_RERANK_K` for ``ivfpq``,
+    ``rerank_k``: shortlist re-ranked exactly (``None``: :func:`default_rerank_k` for ``ivfpq``,
     none for exact ``flat`` / ``ivf`` distances; ``0``: never). ``train_size``: rows the
     quantisers are trained on (a random sample when the database is larger).
     """
@@ -81,11 +89,11 @@ class IndexParams:
     train_size: int = 200_000
     seed: int = 1234
 
-    def shortlist(self, k: int, rerank_k: int | None = None) -> int:
-        """Candidates fetched per query for ``k`` results (0: no re-ranking)."""
+    def shortlist(self, k: int, rerank_k: int | None = None, count: int = 0) -> int:
+        """Candidates fetched per query for ``k`` results among ``count`` (0: no re-ranking)."""
         chosen = self.rerank_k if rerank_k is None else rerank_k
         if chosen is None:
-            chosen = DEFAULT_RERANK_K if self.kind == "ivfpq" else 0
+            chosen = default_rerank_k(count) if self.kind == "ivfpq" else 0
         return max(int(chosen), k) if chosen else 0
 
 
@@ -304,7 +312,7 @@ class SearchIndex:
         With a shortlist (:meth:`IndexParams.shortlist`) each shard's candidates are re-ranked
         exactly before the merge, so scores are exact inner products.
         """
-        shortlist = self.params.shortlist(k, rerank_k)
+        shortlist = self.params.shortlist(k, rerank_k, self.count)
         chosen = range(len(self.shards)) if shard_ids is None else shard_ids
         parts = []
         for number in chosen:

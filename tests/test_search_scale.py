@@ -104,6 +104,16 @@ def test_reranked_ivfpq_is_exact_when_the_shortlist_covers_the_database(data):
     assert (approx != ids).any()
 
 
+def test_the_default_shortlist_grows_with_the_database():
+    from retrievalkit.searchindex import default_rerank_k
+
+    assert [default_rerank_k(n) for n in (10, 1_000_000, 10_000_000, 100_000_000)] == [400, 400, 1265, 4000]
+    params = IndexParams(kind="ivfpq")
+    assert params.shortlist(10, count=10_000_000) == 1265 and params.shortlist(10, 50, 10_000_000) == 50
+    assert IndexParams(kind="flat").shortlist(10, count=10_000_000) == 0
+    assert IndexParams(kind="ivfpq", rerank_k=0).shortlist(10, count=10_000_000) == 0
+
+
 def test_rerank_exact_and_merge_by_hand():
     database = np.array([[1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
     query = np.array([[0.8, 0.6]], dtype=np.float32)

@@ -65,7 +65,8 @@ def index_params_options(function):
                      help="IVF cells visited per query (default min(nlist, 16)); more = slower, better recall."),
         click.option("--rerank-k", type=click.IntRange(min=0), default=None,
                      help=f"Shortlist per query re-ranked by the exact inner product, read from the memory-mapped "
-                          f"descriptors (default {DEFAULT_RERANK_K} for ivfpq, 0 = off)."),
+                          f"descriptors (default for ivfpq: {DEFAULT_RERANK_K} up to 1M vectors, 0.4 sqrt(N) "
+                          f"beyond; 0 = off)."),
         click.option("--train-size", type=click.IntRange(min=1), default=IndexParams.train_size, show_default=True,
                      help="Rows the IVF/PQ quantisers are trained on (a random sample of larger databases)."),
         click.option("--shards", "n_shards", type=click.IntRange(min=1), default=1, show_default=True,
