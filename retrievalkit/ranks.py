@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from .device import resolve_device
 from .errors import RkitError
+from .shards import launched_by_torchrun
 
 
 @dataclasses.dataclass
@@ -73,10 +74,6 @@ class Ranks:
         if self.started_group and dist.is_initialized():
             dist.destroy_process_group()
             self.started_group = False
-
-
-def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
 
 
 def start(device_name: str, timeout_minutes: float = 30.0) -> Ranks:

@@ -19,6 +19,7 @@ vectors (:func:`retrievalkit.extract.finish_descriptors`).
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,9 +36,9 @@ SHARD_KIND = "rkit-extract-shard"
 
 # -- torch.distributed (torchrun) ------------------------------------------------------------------
 def launched_by_torchrun() -> bool:
-    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+    """Whether this process is one of several started by ``torchrun`` (``WORLD_SIZE`` > 1 and a ``RANK``)."""
     try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
     except ValueError:
         return False
 
@@ -60,7 +61,18 @@ def distributed_share() -> tuple[int, int]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
+        atexit.register(_leave_process_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _leave_process_group() -> None:
+    """At exit, leave the group :func:`distributed_share` joined. A rank that exits still in it
+    can abort while its gloo threads are torn down ("terminate called without an active
+    exception", SIGABRT: the 2-rank extraction test failed so, now and then, before this)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_checkpoint(checkpoint: str | Path, share: tuple[int, int]) -> Path:
