@@ -95,6 +95,7 @@ class RetrievalModel(nn.Module):
         #: Whiten each scale's descriptor before the scales are combined (the authors' networks with
         #: a trained ``whiten`` layer); otherwise the combined descriptor is whitened, as a fitted
         #: whitening (Lw, PCA-whitening) is applied as post-processing. See :mod:`retrievalkit.extract`.
+        #: Set with the layer (:meth:`set_whitening`).
         self.whiten_each_scale = False
         self.set_whitening(whitening)
 
@@ -120,11 +121,13 @@ class RetrievalModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.whiten(self.pooled(images))
 
-    def set_whitening(self, layer: nn.Module | None) -> None:
+    def set_whitening(self, layer: nn.Module | None, *, each_scale: bool = False) -> None:
         """Attach (or remove, with ``None``) a whitening layer.
 
         A :class:`WhiteningLayer` or an ``nn.Linear`` (whose weight and bias are copied into a
-        float64 :class:`WhiteningLayer`; e.g. a checkpoint's whitening).
+        float64 :class:`WhiteningLayer`; e.g. a checkpoint's whitening). ``each_scale``: the
+        layer is part of the network and whitens every scale (:attr:`whiten_each_scale`), not a
+        fitted post-processing of the combined descriptor.
         """
         if layer is not None and not isinstance(layer, WhiteningLayer):
             if not isinstance(layer, nn.Linear) or layer.bias is None:
@@ -134,6 +137,7 @@ class RetrievalModel(nn.Module):
         if layer is not None:
             layer = layer.to(self.input_mean.device)
         self.whitening = layer
+        self.whiten_each_scale = layer is not None and each_scale
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -188,8 +192,7 @@ def load_model(directory: str | Path, host: PluginHost | None = None,
     model = build_model(config, host)
     model.config.weights = meta.get("weights", "none")
     if whitening_shape is not None:
-        model.set_whitening(WhiteningLayer(*whitening_shape))
-        model.whiten_each_scale = bool(whitening.get("each_scale", False))
+        model.set_whitening(WhiteningLayer(*whitening_shape), each_scale=bool(whitening.get("each_scale", False)))
     try:
         state = torch.load(weights_path, map_location=map_location, weights_only=True)
         model.load_state_dict(state)

@@ -251,8 +251,7 @@ def load_published_model(text: str | Path, host: Any = None):
     pool_state = {k[len("pool."):]: v for k, v in state.items() if k.startswith("pool.")}
     _load_exact(model.pooling, pool_state, "pooling", str(path))
     if has_whiten:   # part of their network: applied to every scale before the scales are averaged
-        model.set_whitening(_linear(state["whiten.weight"], state["whiten.bias"]))
-        model.whiten_each_scale = True
+        model.set_whitening(_linear(state["whiten.weight"], state["whiten.bias"]), each_scale=True)
     if lw is not None:
         model.set_whitening(lw)
     model.input_mean.copy_(torch.tensor([float(v) for v in meta["mean"]]).view(1, 3, 1, 1))

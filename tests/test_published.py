@@ -151,6 +151,8 @@ def test_several_scales_are_combined_as_the_authors_code_does(tmp_path, whiten):
         plan = SimpleNamespace(paths=["a.jpg", "b.jpg"], scales=[1.0, 0.707])
         ours = finish_descriptors(loaded, plan, pooled, {}).descriptors
         np.testing.assert_allclose(ours, expected, atol=TOLERANCE, rtol=0)
+    model.set_whitening(model.whitening)      # another whitening is a fitted one, applied after the scales
+    assert not model.whiten_each_scale
 
 
 def tiny_checkpoint(path, **meta_changes) -> None:
